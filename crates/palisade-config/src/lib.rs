@@ -1,0 +1,571 @@
+//! Palisade's configuration.
+//!
+//! Loading happens in two steps, so that a user sees every problem at once:
+//!
+//! 1. **Raw:** the TOML file is parsed into a table, environment overrides
+//!    (`PALISADE__SECTION__KEY=value`) are applied to that table, and each
+//!    top-level section is deserialized on its own. Unknown keys are collected
+//!    (not fatal on the first one) and a type error names its exact path.
+//! 2. **Validated:** cross-field rules (unique names, models that point at
+//!    declared providers, URL schemes, limits) are checked and every failure
+//!    is added to the same list.
+//!
+//! The environment is passed in as an iterator, so tests never touch the
+//! process environment.
+
+mod duration;
+mod secret;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use duration::{format_duration, parse_duration};
+pub use secret::{Secret, SecretError, SecretRef};
+
+/// The prefix of environment overrides: `PALISADE__SERVER__LISTEN=...`.
+pub const ENV_PREFIX: &str = "PALISADE__";
+
+/// The default config path, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "palisade.toml";
+
+/// A fully validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Proxy listener. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Admin listener (metrics, later the admin API and the ledger).
+    pub admin_listen: SocketAddr,
+    /// Embedded storage: the SQLite store and, later, the ledger.
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests and streams.
+    #[serde(with = "duration::serde_str")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4400)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 4401)),
+            data_dir: PathBuf::from("./palisade-data"),
+            max_body_bytes: 8 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A `tracing` filter directive, e.g. `info` or `palisade_server=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible server: OpenAI, Azure OpenAI (with
+    /// `api_version`), vLLM, Ollama, llama.cpp.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// The API root, e.g. `https://api.openai.com/v1`; endpoint paths such as
+    /// `/chat/completions` are appended to it.
+    pub base_url: String,
+    /// `env:NAME` or `file:PATH`. Omitted for servers that need no key.
+    #[serde(default)]
+    pub api_key: Option<SecretRef>,
+    /// Azure OpenAI: the `api-version` query parameter. When set, requests
+    /// go to `<base_url>/deployments/<upstream_model>/<endpoint>` with an
+    /// `api-key` header.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Extra PEM roots trusted for this provider, on top of the web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    /// TCP + TLS connection establishment.
+    #[serde(with = "duration::serde_str")]
+    pub connect: Duration,
+    /// From sending the request to the response head.
+    #[serde(with = "duration::serde_str")]
+    pub first_byte: Duration,
+    /// Longest silence between two body chunks.
+    #[serde(with = "duration::serde_str")]
+    pub idle: Duration,
+    /// The whole exchange, streams included.
+    #[serde(with = "duration::serde_str")]
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ModelConfig {
+    /// What clients ask for.
+    pub name: String,
+    /// The `[[providers]]` entry that serves it.
+    pub provider: String,
+    /// The model name sent upstream; defaults to `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+impl ModelConfig {
+    pub fn upstream_model(&self) -> &str {
+        self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// One problem found while loading: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// A dotted path such as `providers[0].base_url`, or `<file>`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a configuration, in file order where possible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{} has {n} problem{}:",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `path` and applies overrides from `env`.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            problems: vec![Problem {
+                path: "<file>".into(),
+                message: if e.kind() == std::io::ErrorKind::NotFound {
+                    "not found (create one with `palisade init`)".into()
+                } else {
+                    format!("cannot be read: {e}")
+                },
+            }],
+        })?;
+        Self::from_toml(&name, &text, env)
+    }
+
+    /// Parses TOML text, applies overrides from `env`, validates.
+    pub fn from_toml(
+        source_name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_owned(),
+            problems,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            fail(vec![Problem {
+                path: "<file>".into(),
+                message: format!("invalid TOML: {}", e.message().trim()),
+            }])
+        })?;
+        let mut problems = Vec::new();
+        apply_env_overrides(&mut table, env, &mut problems);
+        let config = raw_from_table(table, &mut problems);
+        if let Some(config) = &config {
+            validate(config, &mut problems);
+        }
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(fail(problems)),
+        }
+    }
+
+    /// The configuration `serve --demo` and the tests start from: loopback
+    /// listeners and no providers.
+    pub fn empty(data_dir: PathBuf) -> Self {
+        Self {
+            server: ServerConfig {
+                data_dir,
+                ..ServerConfig::default()
+            },
+            log: LogConfig::default(),
+            providers: Vec::new(),
+            models: Vec::new(),
+        }
+    }
+
+    /// Checks cross-field rules on a configuration built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        validate(self, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                source_name: "configuration".into(),
+                problems,
+            })
+        }
+    }
+}
+
+/// Applies `PALISADE__A__B=v` as `a.b = v`. A numeric segment indexes an
+/// array of tables (`PALISADE__PROVIDERS__0__BASE_URL`). The value is read as
+/// a TOML value when it is one (`8`, `true`, `"x"`) and as a string otherwise.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut overrides: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    overrides.sort();
+    for (key, raw) in overrides {
+        let segments: Vec<String> = key[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if segments.iter().any(String::is_empty) {
+            problems.push(Problem {
+                path: key.clone(),
+                message: "empty segment in environment override".into(),
+            });
+            continue;
+        }
+        let value = parse_env_value(&raw);
+        if let Err(message) = set_path(table, &segments, value) {
+            problems.push(Problem { path: key, message });
+        }
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    toml::from_str::<toml::Table>(&doc)
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(
+    table: &mut toml::Table,
+    segments: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
+    let Some((first, rest)) = segments.split_first() else {
+        return Err("empty override path".into());
+    };
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return Ok(());
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    set_in_value(entry, rest, value)
+}
+
+fn set_in_value(
+    target: &mut toml::Value,
+    segments: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
+    match target {
+        toml::Value::Table(t) => set_path(t, segments, value),
+        toml::Value::Array(items) => {
+            let (index, rest) = segments
+                .split_first()
+                .ok_or_else(|| "override names an array, not an element".to_owned())?;
+            let i: usize = index
+                .parse()
+                .map_err(|_| format!("`{index}` is not an array index"))?;
+            let len = items.len();
+            let item = items
+                .get_mut(i)
+                .ok_or_else(|| format!("index {i} is past the end of the array ({len} entries)"))?;
+            if rest.is_empty() {
+                *item = value;
+                Ok(())
+            } else {
+                set_in_value(item, rest, value)
+            }
+        }
+        _ => Err("override descends into a value that is not a table".into()),
+    }
+}
+
+/// The raw step: each top-level section is deserialized on its own so that a
+/// type error in one does not hide problems in the others.
+fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option<Config> {
+    let server = section::<ServerConfig>(&mut table, "server", problems);
+    let log = section::<LogConfig>(&mut table, "log", problems);
+    let providers = section::<Vec<ProviderConfig>>(&mut table, "providers", problems);
+    let models = section::<Vec<ModelConfig>>(&mut table, "models", problems);
+    for key in table.keys() {
+        problems.push(Problem {
+            path: key.clone(),
+            message: "unknown section".into(),
+        });
+    }
+    Some(Config {
+        server: server?,
+        log: log?,
+        providers: providers?,
+        models: models?,
+    })
+}
+
+fn section<T>(table: &mut toml::Table, name: &str, problems: &mut Vec<Problem>) -> Option<T>
+where
+    T: for<'de> Deserialize<'de> + Default,
+{
+    let Some(value) = table.remove(name) else {
+        return Some(T::default());
+    };
+    let mut unknown: Vec<String> = Vec::new();
+    let result: Result<T, _> = {
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let ignored = serde_ignored::Deserializer::new(value, &mut on_unknown);
+        serde_path_to_error::deserialize(ignored)
+    };
+    for path in unknown {
+        problems.push(Problem {
+            path: join_path(name, &path),
+            message: "unknown key".into(),
+        });
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.push(Problem {
+                path: join_path(name, &e.path().to_string()),
+                message: e.inner().message().trim().to_owned(),
+            });
+            None
+        }
+    }
+}
+
+/// Joins a section name and a serde path (`0.base_url`, `?` for the root)
+/// into `providers[0].base_url`.
+fn join_path(section: &str, path: &str) -> String {
+    let mut out = section.to_owned();
+    if path.is_empty() || path == "." || path == "?" {
+        return out;
+    }
+    for part in path.replace('[', ".[").split('.') {
+        if part.is_empty() || part == "?" {
+            continue;
+        }
+        if part.starts_with('[') {
+            out.push_str(part);
+        } else if part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            out.push('.');
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// The validated step.
+fn validate(config: &Config, problems: &mut Vec<Problem>) {
+    let mut push = |path: String, message: String| problems.push(Problem { path, message });
+    let server = &config.server;
+    if server.max_body_bytes == 0 {
+        push(
+            "server.max_body_bytes".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
+        push(
+            "server.admin_listen".into(),
+            "must differ from server.listen".into(),
+        );
+    }
+    if server.data_dir.as_os_str().is_empty() {
+        push("server.data_dir".into(), "must not be empty".into());
+    }
+
+    let mut provider_names = HashSet::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        let at = |field: &str| format!("providers[{i}].{field}");
+        if !is_name(&p.name) {
+            push(at("name"), NAME_RULE.into());
+        }
+        if !provider_names.insert(p.name.as_str()) {
+            push(at("name"), format!("duplicate provider name `{}`", p.name));
+        }
+        if let Err(message) = check_base_url(&p.base_url) {
+            push(at("base_url"), message);
+        }
+        if p.api_version.is_some() && p.kind != ProviderKind::Openai {
+            push(
+                at("api_version"),
+                "only applies to providers of kind \"openai\" (Azure OpenAI)".into(),
+            );
+        }
+        if let Some(v) = &p.api_version
+            && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            push(at("api_version"), "must look like 2024-10-21".into());
+        }
+        let t = &p.timeouts;
+        for (field, d) in [
+            ("timeouts.connect", t.connect),
+            ("timeouts.first_byte", t.first_byte),
+            ("timeouts.idle", t.idle),
+            ("timeouts.total", t.total),
+        ] {
+            if d.is_zero() {
+                push(at(field), "must be greater than 0".into());
+            }
+        }
+    }
+
+    let mut model_names = HashSet::new();
+    for (i, m) in config.models.iter().enumerate() {
+        let at = |field: &str| format!("models[{i}].{field}");
+        if m.name.is_empty() || m.name.len() > 256 || m.name.chars().any(char::is_control) {
+            push(at("name"), "must be 1 to 256 printable characters".into());
+        }
+        if !model_names.insert(m.name.as_str()) {
+            push(at("name"), format!("duplicate model name `{}`", m.name));
+        }
+        if !provider_names.contains(m.provider.as_str()) {
+            push(
+                at("provider"),
+                format!("no [[providers]] entry is named `{}`", m.provider),
+            );
+        }
+        if let Some(u) = &m.upstream_model
+            && (u.is_empty() || u.chars().any(char::is_control))
+        {
+            push(
+                at("upstream_model"),
+                "must be printable and not empty".into(),
+            );
+        }
+    }
+}
+
+const NAME_RULE: &str = "must be 1 to 64 characters of a-z, 0-9, '-' or '_'";
+
+/// Names used in metrics labels and audit entries stay short and plain.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_base_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| "must start with https:// or http://".to_owned())?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be a plain URL without query, fragment or spaces".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+use super::*;
+
+const SMALL: &str = r#"
+[server]
+listen = "127.0.0.1:4400"
+admin_listen = "127.0.0.1:4401"
+data_dir = "./palisade-data"
+
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "http://127.0.0.1:8080/v1"
+api_key = "env:LOCAL_LLM_KEY"
+
+[[models]]
+name = "smol"
+provider = "local"
+upstream_model = "smollm2-135m-instruct"
+"#;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn paths(err: &ConfigError) -> Vec<&str> {
+    err.problems.iter().map(|p| p.path.as_str()).collect()
+}
+
+#[test]
+fn loads_the_smallest_useful_config() {
+    let c = Config::from_toml("t", SMALL, no_env()).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:4400".parse().unwrap());
+    assert_eq!(c.providers[0].kind, ProviderKind::Openai);
+    assert_eq!(
+        c.providers[0].api_key,
+        Some(SecretRef::Env("LOCAL_LLM_KEY".into()))
+    );
+    assert_eq!(c.models[0].upstream_model(), "smollm2-135m-instruct");
+    assert_eq!(c.server.max_body_bytes, 8 * 1024 * 1024);
+    assert_eq!(c.providers[0].timeouts, Timeouts::default());
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = Config::from_toml("t", "", no_env()).unwrap();
+    assert_eq!(c.server, ServerConfig::default());
+    assert!(c.providers.is_empty());
+}
+
+#[test]
+fn reports_every_unknown_key_with_its_path_at_once() {
+    let text = format!("{SMALL}\n[log]\nlevell = \"debug\"\n[bogus]\nx = 1\n")
+        .replace("kind = \"openai\"", "kind = \"openai\"\nbase_ulr = \"x\"");
+    let err = Config::from_toml("t", &text, no_env()).unwrap_err();
+    let p = paths(&err);
+    assert!(p.contains(&"providers[0].base_ulr"), "{err}");
+    assert!(p.contains(&"log.levell"), "{err}");
+    assert!(p.contains(&"bogus"), "{err}");
+}
+
+#[test]
+fn type_errors_name_the_path_and_other_sections_still_report() {
+    let text = SMALL
+        .replace("listen = \"127.0.0.1:4400\"", "listen = 4400")
+        .replace("provider = \"local\"", "provider = \"nope\"");
+    let err = Config::from_toml("t", &text, no_env()).unwrap_err();
+    let p = paths(&err);
+    assert!(p.contains(&"server.listen"), "{err}");
+    // The models section is still checked on its own.
+    assert!(err.to_string().contains("server.listen"), "{err}");
+}
+
+#[test]
+fn validation_collects_every_problem() {
+    let text = r#"
+[[providers]]
+name = "Bad Name"
+kind = "anthropic"
+base_url = "ftp://x"
+api_version = "2024-10-21"
+timeouts = { connect = "0s" }
+
+[[providers]]
+name = "ok"
+kind = "openai"
+base_url = "https://api.example.com/v1"
+
+[[models]]
+name = "m"
+provider = "missing"
+
+[[models]]
+name = "m"
+provider = "ok"
+"#;
+    let err = Config::from_toml("t", text, no_env()).unwrap_err();
+    let p = paths(&err);
+    for want in [
+        "providers[0].name",
+        "providers[0].base_url",
+        "providers[0].api_version",
+        "providers[0].timeouts.connect",
+        "models[0].provider",
+        "models[1].name",
+    ] {
+        assert!(p.contains(&want), "missing {want} in {err}");
+    }
+}
+
+#[test]
+fn bad_enum_and_literal_secret_are_reported() {
+    let text = SMALL
+        .replace("kind = \"openai\"", "kind = \"gemini\"")
+        .replace("env:LOCAL_LLM_KEY", "sk-secret-value");
+    let err = Config::from_toml("t", &text, no_env()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("providers[0]"), "{msg}");
+    assert!(!msg.contains("sk-secret-value"), "secret echoed: {msg}");
+}
+
+#[test]
+fn env_overrides_apply_by_path_and_type() {
+    let env = vec![
+        (
+            "PALISADE__SERVER__LISTEN".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "PALISADE__SERVER__MAX_BODY_BYTES".to_owned(),
+            "1024".to_owned(),
+        ),
+        (
+            "PALISADE__PROVIDERS__0__BASE_URL".to_owned(),
+            "http://127.0.0.1:9/v1".to_owned(),
+        ),
+        ("PALISADE__LOG__FORMAT".to_owned(), "text".to_owned()),
+        ("UNRELATED".to_owned(), "x".to_owned()),
+    ];
+    let c = Config::from_toml("t", SMALL, env).unwrap();
+    assert_eq!(c.server.listen.port(), 0);
+    assert_eq!(c.server.max_body_bytes, 1024);
+    assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9/v1");
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn bad_env_overrides_are_problems() {
+    let env = vec![
+        ("PALISADE__PROVIDERS__5__NAME".to_owned(), "x".to_owned()),
+        ("PALISADE__SERVER__NOPE".to_owned(), "1".to_owned()),
+    ];
+    let err = Config::from_toml("t", SMALL, env).unwrap_err();
+    let p = paths(&err);
+    assert!(p.contains(&"PALISADE__PROVIDERS__5__NAME"), "{err}");
+    assert!(p.contains(&"server.nope"), "{err}");
+}
+
+#[test]
+fn invalid_toml_is_one_clear_problem() {
+    let err = Config::from_toml("t", "[server\nlisten=", no_env()).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].message.starts_with("invalid TOML"));
+}
+
+#[test]
+fn missing_file_suggests_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Config::load(&dir.path().join("palisade.toml"), no_env()).unwrap_err();
+    assert!(err.to_string().contains("palisade init"), "{err}");
+}
+
+#[test]
+fn join_path_formats_indices() {
+    assert_eq!(
+        join_path("providers", "0.base_url"),
+        "providers[0].base_url"
+    );
+    assert_eq!(join_path("server", "listen"), "server.listen");
+    assert_eq!(join_path("server", "?"), "server");
+    assert_eq!(
+        join_path("providers", "[0].api_key"),
+        "providers[0].api_key"
+    );
+    assert_eq!(
+        join_path("providers", "[1].timeouts.idle"),
+        "providers[1].timeouts.idle"
+    );
+}

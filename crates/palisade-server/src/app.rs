@@ -1,0 +1,323 @@
+//! The application: both listeners, their routers and the layer stack.
+//!
+//! # The proxy layer stack, outermost first
+//!
+//! 1. **request id** ([`request_id::layer`]) — reads or makes the id, puts
+//!    [`RequestId`] in the extensions and `x-request-id` on every response.
+//!    Outermost so that even errors from later layers carry the id.
+//! 2. **access log** ([`access_log`]) — counts the answer by endpoint and
+//!    status, records latency for answers whose body has no further work,
+//!    and logs one line per request with the error kind left by
+//!    [`ApiError`]. Outside authentication so that refusals are counted.
+//! 3. **authenticate** ([`authenticate`]) — deny by default: every route,
+//!    the fallback included, needs a valid key, except the paths in
+//!    [`OPEN_PATHS`]. Adds [`Principal`] to the extensions.
+//! 4. **method not allowed** ([`method_not_allowed`]) — turns axum's bare
+//!    405 into an error body in the caller's dialect.
+//! 5. **routes** ([`crate::routes`]) — the handlers.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use palisade_config::Config;
+use palisade_dialect::{Dialect, Endpoint};
+use palisade_store::Store;
+use tokio::net::TcpListener;
+
+use crate::auth::{AuthError, Authenticator};
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::{EndpointLabels, RequestLabels};
+use crate::proxy::DeferredCompletion;
+use crate::registry::{Registry, RegistryError};
+use crate::request_id::{self, RequestId};
+use crate::routes;
+use crate::state::AppState;
+
+/// Paths served without a key.
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] palisade_config::ConfigError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The proxy router with its whole layer stack.
+pub fn proxy_router(state: AppState) -> Router {
+    routes::proxy()
+        .layer(middleware::from_fn(method_not_allowed))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .layer(middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+/// The admin router: metrics now; the admin API and the ledger later.
+pub fn admin_router(state: AppState) -> Router {
+    routes::admin()
+        .layer(middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+/// A gateway bound to its listeners, ready to run.
+pub struct Application {
+    proxy: TcpListener,
+    admin: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Resolves providers, binds both listeners (port 0 picks a free port).
+    /// `env` resolves `env:` secret references.
+    pub async fn build(
+        config: Config,
+        store: Arc<dyn Store>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, BuildError> {
+        config.validate()?;
+        let registry = Registry::build(&config, env)?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BuildError::Bind { addr, source })
+        };
+        let proxy = bind(config.server.listen).await?;
+        let admin = bind(config.server.admin_listen).await?;
+        let state = AppState::new(config, registry, Authenticator::new(store));
+        Ok(Self {
+            proxy,
+            admin,
+            state,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config().server.listen)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config().server.admin_listen)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets
+    /// in-flight requests and streams finish for up to
+    /// `server.shutdown_grace`, and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = self.state.config().server.shutdown_grace;
+        let token = tokio_util::sync::CancellationToken::new();
+        let proxy = axum::serve(
+            self.proxy.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            proxy_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.clone().cancelled_owned());
+        let admin = axum::serve(
+            self.admin.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            admin_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.clone().cancelled_owned());
+        let servers =
+            async move { tokio::try_join!(proxy.into_future(), admin.into_future()).map(|_| ()) };
+        tokio::pin!(servers);
+        tokio::select! {
+            result = &mut servers => result,
+            () = shutdown => {
+                tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining in-flight requests");
+                self.state.start_draining();
+                token.cancel();
+                drain(servers, grace).await
+            }
+        }
+    }
+}
+
+async fn drain(
+    servers: impl Future<Output = std::io::Result<()>>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(grace, servers).await {
+        Ok(result) => {
+            tracing::info!("drained; stopped");
+            result
+        }
+        Err(_) => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// The metrics label for a path: its endpoint, or a fixed word.
+fn endpoint_label(path: &str) -> &'static str {
+    Endpoint::ALL
+        .iter()
+        .find(|e| e.path() == path)
+        .map(|e| e.label())
+        .unwrap_or(match path {
+            "/v1/models" => "models",
+            "/healthz" => "healthz",
+            "/readyz" => "readyz",
+            _ => "unmatched",
+        })
+}
+
+async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let endpoint = endpoint_label(&path);
+    let request_id = req.extensions().get::<RequestId>().cloned();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let metrics = state.metrics();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            status: status.as_u16(),
+        })
+        .inc();
+    if resp.extensions().get::<DeferredCompletion>().is_none() {
+        metrics
+            .request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(started.elapsed().as_secs_f64());
+    }
+    let error = resp
+        .extensions()
+        .get::<ErrorKind>()
+        .map_or("", |k| k.label());
+    let key_id = resp
+        .extensions()
+        .get::<KeyIdTag>()
+        .map(|k| k.0.as_str())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "palisade::access",
+        request_id = request_id.as_ref().map(RequestId::as_str).unwrap_or_default(),
+        method = %method,
+        path = %path,
+        status = status.as_u16(),
+        error,
+        key_id,
+        peer = peer.map(|p| p.to_string()).unwrap_or_default(),
+        head_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+/// The key id of an authenticated request, carried to the access log.
+#[derive(Debug, Clone)]
+struct KeyIdTag(String);
+
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if OPEN_PATHS.contains(&path) {
+        return next.run(req).await;
+    }
+    let dialect = Dialect::of_path(path);
+    match state.auth().authenticate(req.headers()).await {
+        Ok(principal) => {
+            let tag = KeyIdTag(principal.key_id().as_str().to_owned());
+            req.extensions_mut().insert(principal);
+            let mut resp = next.run(req).await;
+            resp.extensions_mut().insert(tag);
+            resp
+        }
+        Err(AuthError::Missing) => ApiError::new(
+            ErrorKind::MissingKey,
+            dialect,
+            "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+        )
+        .into_response(),
+        Err(AuthError::Invalid) => {
+            ApiError::new(ErrorKind::InvalidKey, dialect, "invalid API key").into_response()
+        }
+        Err(AuthError::Store(e)) => {
+            tracing::error!(target: "palisade::auth", error = %e, "key store unavailable; refusing requests");
+            ApiError::new(
+                ErrorKind::Unavailable,
+                dialect,
+                "the gateway cannot check API keys right now",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// axum answers a known path with the wrong method with an empty 405; give
+/// it a body in the caller's dialect, keeping the `Allow` header.
+async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let dialect = Dialect::of_path(req.uri().path());
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED
+        || resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let allow: Option<HeaderValue> = resp.headers().get(header::ALLOW).cloned();
+    let mut out = ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        dialect,
+        format!("method {method} is not allowed on this path"),
+    )
+    .into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
+/// Unknown paths on the proxy listener.
+pub(crate) async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    ApiError::new(
+        ErrorKind::NotFound,
+        Dialect::of_path(path),
+        format!(
+            "no such endpoint: {} {}",
+            req.method(),
+            printable_path(path)
+        ),
+    )
+    .into_response()
+}
+
+fn printable_path(path: &str) -> String {
+    path.chars().filter(|c| !c.is_control()).take(200).collect()
+}

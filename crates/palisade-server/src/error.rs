@@ -1,0 +1,252 @@
+//! The one error type at the HTTP boundary.
+//!
+//! An [`ApiError`] knows what kind of failure it is (which decides the status
+//! and the type and code fields the SDKs read), whose fault it was (the
+//! caller's mistakes are 4xx and not retried; ours and the provider's are
+//! 5xx), and the caller's dialect. It renders itself and is logged once, by
+//! the access-log layer, through the [`ErrorKind`] it leaves in the
+//! response's extensions. Messages never quote prompt text, upstream bodies
+//! or secrets.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use palisade_dialect::Dialect;
+use palisade_dialect::error::ErrorBody;
+
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
+
+/// A low-cardinality name for what went wrong, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    InvalidRequest,
+    BodyTooLarge,
+    MissingKey,
+    InvalidKey,
+    ModelNotFound,
+    NotFound,
+    MethodNotAllowed,
+    /// The provider refused the request as malformed (its 4xx).
+    UpstreamRejected,
+    UpstreamRateLimited,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    /// The provider failed (its 5xx, a broken response, or a credential the
+    /// provider refused).
+    UpstreamFailed,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::BodyTooLarge => "body_too_large",
+            Self::MissingKey => "missing_key",
+            Self::InvalidKey => "invalid_key",
+            Self::ModelNotFound => "model_not_found",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UpstreamRejected => "upstream_rejected",
+            Self::UpstreamRateLimited => "upstream_rate_limited",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamFailed => "upstream_failed",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
+            Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamRejected => StatusCode::BAD_REQUEST,
+            Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    fn openai_type(self) -> &'static str {
+        match self {
+            Self::InvalidRequest
+            | Self::BodyTooLarge
+            | Self::MissingKey
+            | Self::InvalidKey
+            | Self::ModelNotFound
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::UpstreamRejected => "invalid_request_error",
+            Self::UpstreamRateLimited => "rate_limit_error",
+            Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamFailed => {
+                "upstream_error"
+            }
+            Self::Unavailable | Self::Internal => "server_error",
+        }
+    }
+
+    /// Anthropic's `error.type`.
+    fn anthropic_type(self) -> &'static str {
+        match self {
+            Self::InvalidRequest | Self::MethodNotAllowed | Self::UpstreamRejected => {
+                "invalid_request_error"
+            }
+            Self::BodyTooLarge => "request_too_large",
+            Self::MissingKey | Self::InvalidKey => "authentication_error",
+            Self::ModelNotFound | Self::NotFound => "not_found_error",
+            Self::UpstreamRateLimited => "rate_limit_error",
+            Self::UpstreamUnreachable
+            | Self::UpstreamTimeout
+            | Self::UpstreamFailed
+            | Self::Internal => "api_error",
+            Self::Unavailable => "overloaded_error",
+        }
+    }
+
+    /// OpenAI's `error.code`.
+    fn code(self) -> Option<&'static str> {
+        match self {
+            Self::MissingKey => Some("missing_api_key"),
+            Self::InvalidKey => Some("invalid_api_key"),
+            Self::ModelNotFound => Some("model_not_found"),
+            Self::BodyTooLarge => Some("request_too_large"),
+            Self::UpstreamUnreachable => Some("upstream_unreachable"),
+            Self::UpstreamTimeout => Some("upstream_timeout"),
+            Self::UpstreamFailed => Some("upstream_failed"),
+            Self::UpstreamRateLimited => Some("upstream_rate_limited"),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    kind: ErrorKind,
+    dialect: Dialect,
+    message: Cow<'static, str>,
+    param: Option<&'static str>,
+    status: Option<StatusCode>,
+    retry_after: Option<HeaderValue>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, dialect: Dialect, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            dialect,
+            message: message.into(),
+            param: None,
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.kind.status())
+    }
+
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            openai_type: self.kind.openai_type(),
+            anthropic_type: self.kind.anthropic_type(),
+            code: self.kind.code(),
+            param: self.param,
+            message: &self.message,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The error a failed upstream exchange becomes. Says that the provider
+    /// failed, names it, and never includes the provider's body.
+    pub fn from_upstream(err: &UpstreamError, dialect: Dialect) -> Self {
+        let provider = err.provider();
+        let (kind, message): (ErrorKind, Cow<'static, str>) = match err.kind() {
+            UpstreamErrorKind::Connect => (
+                ErrorKind::UpstreamUnreachable,
+                format!("provider `{provider}` could not be reached").into(),
+            ),
+            UpstreamErrorKind::Timeout(phase) => (
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "provider `{provider}` did not respond in time ({} timeout)",
+                    phase.label()
+                )
+                .into(),
+            ),
+            UpstreamErrorKind::Status { status, detail } => {
+                let detail = detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                match *status {
+                    429 => (
+                        ErrorKind::UpstreamRateLimited,
+                        format!("provider `{provider}` is rate limiting requests (HTTP 429{detail})").into(),
+                    ),
+                    401 | 403 => (
+                        ErrorKind::UpstreamFailed,
+                        format!("provider `{provider}` refused the gateway's credentials (HTTP {status}); check the provider's api_key").into(),
+                    ),
+                    400..=499 => {
+                        let mut e = Self::new(
+                            ErrorKind::UpstreamRejected,
+                            dialect,
+                            format!("provider `{provider}` rejected the request (HTTP {status}{detail})"),
+                        );
+                        e.status = StatusCode::from_u16(*status).ok();
+                        return e;
+                    }
+                    _ => (
+                        ErrorKind::UpstreamFailed,
+                        format!("provider `{provider}` failed (HTTP {status}{detail})").into(),
+                    ),
+                }
+            }
+            UpstreamErrorKind::Protocol | UpstreamErrorKind::TooLarge => (
+                ErrorKind::UpstreamFailed,
+                format!("provider `{provider}` sent a broken response").into(),
+            ),
+        };
+        let mut e = Self::new(kind, dialect, message);
+        e.retry_after = err.retry_after().cloned();
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body().to_json(self.dialect);
+        let mut resp = (self.status(), body).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(ra) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, ra);
+        }
+        resp.extensions_mut().insert(self.kind);
+        resp
+    }
+}

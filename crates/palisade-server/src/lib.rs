@@ -1,0 +1,19 @@
+//! The Palisade gateway: listeners, the layer stack, the proxy path and the
+//! upstream client. See [`app`] for the order of layers and `ARCHITECTURE.md`
+//! for the map.
+
+pub mod app;
+pub mod auth;
+pub mod error;
+mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod registry;
+pub mod relay;
+pub mod request_id;
+mod routes;
+pub mod state;
+pub mod upstream;
+
+pub use app::{Application, BuildError, admin_router, proxy_router};
+pub use state::AppState;

@@ -1,0 +1,133 @@
+//! Prometheus metrics, one registry per application (so tests that run
+//! several gateways in one process each see their own counts).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub provider: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub endpoint: &'static str,
+    pub kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~100 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.5, 16,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub open_streams: Gauge,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub client_disconnects: Family<EndpointLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("palisade");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by endpoint and status",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response (streams: to the last event)",
+            request_duration.clone(),
+        );
+        let upstream_duration =
+            Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending upstream to the provider's response head",
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges, by provider and kind",
+            upstream_errors.clone(),
+        );
+        let open_streams = Gauge::default();
+        registry.register(
+            "open_streams",
+            "Streamed responses in flight",
+            open_streams.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens reported by providers, by endpoint and kind",
+            tokens.clone(),
+        );
+        let client_disconnects = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "client_disconnects",
+            "Responses abandoned by the client before their end",
+            client_disconnects.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            open_streams,
+            tokens,
+            client_disconnects,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

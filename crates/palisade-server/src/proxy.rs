@@ -1,0 +1,430 @@
+//! The proxy handlers: decode the request envelope, pick the model's
+//! provider, forward, and relay the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use palisade_dialect::envelope::Envelope;
+use palisade_dialect::{Dialect, Endpoint};
+use serde_json::json;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::ProviderLabels;
+use crate::registry::Provider;
+use crate::relay::{self, Completion, ReadLimits, SseRelay};
+use crate::request_id::{RequestId, X_REQUEST_ID};
+use crate::state::AppState;
+use crate::upstream::{self, TimeoutPhase, UpstreamError, UpstreamErrorKind};
+
+/// Marks a response whose end is recorded by its body, not by the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct DeferredCompletion;
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward(state, Endpoint::ChatCompletions, req).await
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    forward(state, Endpoint::Completions, req).await
+}
+
+pub async fn embeddings(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    forward(state, Endpoint::Embeddings, req).await
+}
+
+pub async fn responses(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    forward(state, Endpoint::Responses, req).await
+}
+
+pub async fn messages(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    forward(state, Endpoint::Messages, req).await
+}
+
+/// `GET /v1/models`: the models this gateway serves, in the OpenAI shape, or
+/// the Anthropic shape when the caller sends `anthropic-version`.
+pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let models = state.registry().models();
+    if headers.contains_key("anthropic-version") {
+        let data: Vec<_> = models
+            .iter()
+            .map(|m| json!({"type": "model", "id": m.name(), "display_name": m.name(), "created_at": "1970-01-01T00:00:00Z"}))
+            .collect();
+        let first = models.first().map(|m| m.name());
+        let last = models.last().map(|m| m.name());
+        return axum::Json(
+            json!({"data": data, "has_more": false, "first_id": first, "last_id": last}),
+        )
+        .into_response();
+    }
+    let data: Vec<_> = models
+        .iter()
+        .map(|m| json!({"id": m.name(), "object": "model", "created": 0, "owned_by": m.provider().name().as_ref()}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let dialect = endpoint.dialect();
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal, dialect, "request id missing"))?;
+    // The authentication layer runs before every proxy route.
+    if parts.extensions.get::<Principal>().is_none() {
+        return Err(ApiError::new(
+            ErrorKind::Internal,
+            dialect,
+            "request not authenticated",
+        ));
+    }
+    let body = read_body(body, &parts.headers, state.max_body_bytes(), dialect).await?;
+
+    let envelope = Envelope::parse(&body, endpoint)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, dialect, e.to_string()))?;
+    let model = state
+        .registry()
+        .model(envelope.model())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::ModelNotFound,
+                dialect,
+                format!(
+                    "The model `{}` does not exist or you do not have access to it.",
+                    printable(envelope.model())
+                ),
+            )
+            .with_param("model")
+        })?;
+    let provider = Arc::clone(model.provider());
+    if !provider.serves(endpoint) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            dialect,
+            format!(
+                "model `{}` is served by a provider of kind `{}`, which does not offer {}; translating between API dialects is not supported",
+                model.name(),
+                provider.kind().as_str(),
+                endpoint.path()
+            ),
+        )
+        .with_param("model"));
+    }
+
+    // Ask for usage on every stream that would not report it otherwise.
+    let force_usage = envelope.stream() && endpoint.usage_is_opt_in() && !envelope.include_usage();
+    let upstream_body = Bytes::from(envelope.rewrite(model.upstream_model(), force_usage));
+    drop(envelope);
+
+    let uri = provider
+        .uri(endpoint, model.upstream_model())
+        .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "provider URL is invalid"))?;
+    let mut upstream_req = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .body(Full::new(upstream_body))
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::Internal,
+                dialect,
+                "cannot build the upstream request",
+            )
+        })?;
+    forward_headers(
+        &parts.headers,
+        upstream_req.headers_mut(),
+        &provider,
+        &request_id,
+    );
+
+    let timeouts = *provider.timeouts();
+    let limits = ReadLimits {
+        idle: timeouts.idle,
+        deadline: tokio::time::Instant::from_std(started) + timeouts.total,
+    };
+    let first_byte_by = (tokio::time::Instant::now() + timeouts.first_byte).min(limits.deadline);
+    let metrics = Arc::clone(state.metrics());
+    let provider_name = Arc::clone(provider.name());
+    let record_error = |err: UpstreamError| {
+        metrics
+            .upstream_errors
+            .get_or_create(&crate::metrics::UpstreamErrorLabels {
+                provider: provider_name.to_string(),
+                kind: err.label(),
+            })
+            .inc();
+        ApiError::from_upstream(&err, dialect)
+    };
+
+    let sent = Instant::now();
+    let response = match tokio::time::timeout_at(
+        first_byte_by,
+        provider.client().request(upstream_req),
+    )
+    .await
+    {
+        Err(_) => {
+            let phase = if first_byte_by >= limits.deadline {
+                TimeoutPhase::Total
+            } else {
+                TimeoutPhase::FirstByte
+            };
+            return Err(record_error(UpstreamError::new(
+                provider_name.clone(),
+                UpstreamErrorKind::Timeout(phase),
+            )));
+        }
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() {
+                UpstreamErrorKind::Connect
+            } else {
+                UpstreamErrorKind::Protocol
+            };
+            tracing::debug!(target: "palisade::upstream", provider = %provider_name, error = %e, "upstream request failed");
+            return Err(record_error(UpstreamError::new(
+                provider_name.clone(),
+                kind,
+            )));
+        }
+        Ok(Ok(r)) => r,
+    };
+    state
+        .metrics()
+        .upstream_duration
+        .get_or_create(&ProviderLabels {
+            provider: provider_name.to_string(),
+        })
+        .observe(sent.elapsed().as_secs_f64());
+
+    let (head, upstream_body) = response.into_parts();
+    if !head.status.is_success() {
+        let retry_after = head.headers.get(header::RETRY_AFTER).cloned();
+        let detail = read_error_detail(upstream_body, limits).await;
+        let err = UpstreamError::new(
+            provider_name.clone(),
+            UpstreamErrorKind::Status {
+                status: head.status.as_u16(),
+                detail,
+            },
+        )
+        .with_retry_after(retry_after);
+        return Err(record_error(err));
+    }
+
+    let is_sse = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let streaming = is_sse;
+    let mut completion = Completion::new(
+        Arc::clone(state.metrics()),
+        endpoint,
+        request_id.as_str().to_owned(),
+        provider_name.clone(),
+        started,
+        streaming,
+    );
+
+    let mut builder = Response::builder().status(head.status);
+    if let Some(headers) = builder.headers_mut() {
+        copy_response_headers(&head.headers, headers);
+    }
+    let response = if streaming {
+        let relay = SseRelay::new(
+            upstream_body,
+            endpoint,
+            force_usage,
+            limits,
+            provider_name,
+            completion,
+        );
+        builder
+            .header(header::CACHE_CONTROL, "no-cache")
+            .header("x-accel-buffering", "no")
+            .body(relay::sse_body(relay))
+    } else {
+        let bytes = relay::read_whole(upstream_body, limits, &provider_name, &mut completion)
+            .await
+            .map_err(|e| ApiError::from_upstream(&e, dialect))?;
+        builder.body(Body::from(bytes))
+    };
+    let mut response = response
+        .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "cannot build the response"))?;
+    response.extensions_mut().insert(DeferredCompletion);
+    Ok(response)
+}
+
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    dialect: Dialect,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::BodyTooLarge,
+            dialect,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            dialect,
+            "request body could not be read (connection closed early?)",
+        )),
+    }
+}
+
+/// Headers that never travel upstream: hop-by-hop headers, the client's own
+/// credentials, values the gateway sets itself, and account selectors tied
+/// to the client's credentials.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "accept-encoding",
+    "x-request-id",
+    "openai-organization",
+    "openai-project",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
+}
+
+fn forward_headers(
+    from: &HeaderMap,
+    to: &mut HeaderMap,
+    provider: &Provider,
+    request_id: &RequestId,
+) {
+    let listed = connection_listed(from);
+    for (name, value) in from {
+        let n = name.as_str();
+        if NOT_FORWARDED.contains(&n)
+            || n.starts_with("x-palisade-")
+            || listed.iter().any(|l| l == n)
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+    to.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    to.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    to.insert(X_REQUEST_ID.clone(), request_id.header_value().clone());
+    if provider.kind() == palisade_config::ProviderKind::Anthropic
+        && !to.contains_key("anthropic-version")
+    {
+        to.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static("2023-06-01"),
+        );
+    }
+    if let Some((name, value)) = provider.auth_header() {
+        to.insert(name.clone(), value.clone());
+    }
+}
+
+/// Response headers that are not passed back to the client.
+const NOT_RETURNED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "set-cookie",
+    "x-request-id",
+    "server",
+    "alt-svc",
+];
+
+fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let listed = connection_listed(from);
+    for (name, value) in from {
+        let n = name.as_str();
+        if NOT_RETURNED.contains(&n) || listed.iter().any(|l| l == n) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// Reads a little of a failed response for its error type/code tokens.
+async fn read_error_detail(body: hyper::body::Incoming, limits: ReadLimits) -> Option<String> {
+    const MAX: usize = 64 * 1024;
+    let read = Limited::new(body, MAX).collect();
+    let collected = tokio::time::timeout_at(
+        limits
+            .deadline
+            .min(tokio::time::Instant::now() + limits.idle),
+        read,
+    )
+    .await
+    .ok()?
+    .ok()?;
+    upstream::error_detail(&collected.to_bytes())
+}

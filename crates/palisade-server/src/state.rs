@@ -1,0 +1,68 @@
+//! The state shared by every handler: cheap to clone, built only by
+//! [`AppState::new`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use palisade_config::Config;
+
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    registry: Registry,
+    auth: Authenticator,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: Config, registry: Registry, auth: Authenticator) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                registry,
+                auth,
+                metrics: Arc::new(Metrics::new()),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.config.server.max_body_bytes
+    }
+
+    /// Set once shutdown begins: `/readyz` then answers 503 so load
+    /// balancers stop sending new work while in-flight work drains.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+}

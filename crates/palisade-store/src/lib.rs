@@ -1,0 +1,57 @@
+//! Palisade's state: API keys now; tenants, budgets and the audit index as
+//! those capabilities land.
+//!
+//! Callers use the [`Store`] trait and never see SQL. The embedded backend
+//! is SQLite ([`SqliteStore`]); a PostgreSQL backend implements the same
+//! trait for several gateway nodes. Key material is generated and checked in
+//! [`keys`], which does no I/O.
+
+pub mod keys;
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use keys::{ApiKey, KeyError, KeyId, KeyRecord, NewKey};
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store schema is version {found}, newer than this build understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("invalid key request: {0}")]
+    InvalidKey(#[from] KeyError),
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The state a gateway node reads and writes.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a key; the plaintext is returned once and never stored.
+    async fn create_key(&self, new: NewKey, now: i64) -> Result<(KeyRecord, ApiKey), StoreError>;
+
+    /// A key by id, revoked ones included.
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Revokes a key. `Ok(false)` when no such key exists; revoking twice
+    /// keeps the first time.
+    async fn revoke_key(&self, id: &KeyId, now: i64) -> Result<bool, StoreError>;
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

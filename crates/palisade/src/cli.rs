@@ -1,0 +1,163 @@
+//! Command-line arguments and dispatch.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use palisade_config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "A self-hosted compliance gateway for AI inference"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Write a starter palisade.toml and create the data directory.
+    Init {
+        /// Where to write palisade.toml.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Load and validate the configuration, report every problem, and exit.
+    CheckConfig {
+        #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Manage gateway API keys (works on the data directory).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Run the deterministic mock provider (for tests and benchmarks).
+    Mock(MockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// No network, no setup: embedded storage in ./palisade-demo, a built-in
+    /// demo provider, and a demo key printed with a ready-to-paste command.
+    #[arg(long)]
+    pub demo: bool,
+    /// Once both listeners accept connections, write their addresses here as
+    /// JSON: {"proxy": "127.0.0.1:PORT", "admin": "127.0.0.1:PORT"}.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Use this data directory instead of the one in the config.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        Ok(load_config(&self.config)?.server.data_dir)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the key itself is printed once and never stored.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key by id; in force on running gateways within a second.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Delay before each response head, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Delay between stream events, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub chunk_delay_ms: u64,
+    /// Words of the reply per stream event.
+    #[arg(long, default_value_t = 2)]
+    pub words_per_chunk: usize,
+    /// Words in each reply.
+    #[arg(long, default_value_t = 12)]
+    pub reply_words: usize,
+    /// Write {"addr": "127.0.0.1:PORT"} here once listening.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The process environment as key/value pairs (overrides and secrets).
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path, process_env())?)
+}
+
+/// Writes `contents` to `path` atomically (temp file, then rename).
+pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => crate::serve::serve(args).await,
+        Command::Init { dir } => crate::init::init(&dir),
+        Command::CheckConfig { config } => {
+            let c = load_config(&config)?;
+            println!(
+                "{}: ok ({} provider(s), {} model(s))",
+                config.display(),
+                c.providers.len(),
+                c.models.len()
+            );
+            Ok(())
+        }
+        Command::Keys(cmd) => crate::keys::run(cmd).await,
+        Command::Mock(args) => crate::serve::mock(args).await,
+    }
+}

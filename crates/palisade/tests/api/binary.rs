@@ -1,0 +1,334 @@
+//! The `palisade` binary, driven as a user would: config files, the ready
+//! file, signals, the key commands.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_mock::{MockOptions, MockServer};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+fn palisade(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Waits for the ready file and returns its JSON.
+async fn wait_ready(path: &Path, child: &mut Child) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+        {
+            return v;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("palisade exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "no ready file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+async fn post(addr: &str, path: &str, key: &str, body: &str) -> (u16, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn write_config(dir: &Path, base_url: &str) -> PathBuf {
+    let path = dir.join("palisade.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "./data"
+
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "{base_url}"
+api_key = "env:LOCAL_LLM_KEY"
+
+[[models]]
+name = "smol"
+provider = "local"
+upstream_model = "smollm2-135m-instruct"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
+    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), MockOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock.base_url());
+
+    let out = palisade(
+        dir.path(),
+        &[
+            "keys", "create", "--tenant", "acme", "--app", "bot", "--env", "prod", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("pal_prod_"));
+    assert_eq!(created["tenant"], "acme");
+
+    let ready = dir.path().join("ready.json");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--ready-file", ready.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("LOCAL_LLM_KEY", "local-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addrs = wait_ready(&ready, &mut child).await;
+    let proxy = addrs["proxy"].as_str().unwrap().to_owned();
+    assert!(addrs["admin"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    let (status, body) = post(
+        &proxy,
+        "/v1/chat/completions",
+        &key,
+        r#"{"model":"smol","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        mock.last_request().unwrap().headers["authorization"],
+        "Bearer local-secret"
+    );
+
+    let status = terminate(&mut child);
+    assert!(status.success(), "exit status {status}");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    // Structured JSON logs that never contain the key.
+    let access = logs
+        .lines()
+        .find(|l| l.contains("\"palisade::access\""))
+        .expect(&logs);
+    let line: Value = serde_json::from_str(access).unwrap();
+    assert_eq!(line["status"], 200);
+    assert!(!logs.contains(&key), "key in logs");
+    assert!(!logs.contains("local-secret"), "provider secret in logs");
+}
+
+#[tokio::test]
+async fn keys_list_and_revoke_work_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "http://127.0.0.1:9/v1");
+    let out = palisade(
+        dir.path(),
+        &[
+            "keys", "create", "--tenant", "acme", "--app", "bot", "--env", "dev", "--json",
+        ],
+    );
+    let id = serde_json::from_str::<Value>(&stdout(&out)).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = palisade(dir.path(), &["keys", "list", "--json"]);
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list["keys"][0]["id"], id.as_str());
+    assert!(list["keys"][0]["revoked_at"].is_null());
+    assert!(!stdout(&out).contains("pal_dev_"), "secret listed");
+
+    let out = palisade(dir.path(), &["keys", "revoke", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = palisade(dir.path(), &["keys", "list"]);
+    assert!(stdout(&out).contains("revoked"), "{}", stdout(&out));
+
+    let out = palisade(dir.path(), &["keys", "revoke", "zzzzzzzzzzzz"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no key"), "{}", stderr(&out));
+    let out = palisade(
+        dir.path(),
+        &[
+            "keys", "create", "--tenant", "Bad Name", "--app", "a", "--env", "dev",
+        ],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("palisade.toml"),
+        r#"
+[server]
+listen = "127.0.0.1:4400"
+lisen = "typo"
+
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "ftp://nowhere"
+api_key = "sk-literal-secret"
+
+[[models]]
+name = "m"
+provider = "missing"
+"#,
+    )
+    .unwrap();
+    let out = palisade(dir.path(), &["check-config"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("server.lisen: unknown key"), "{err}");
+    assert!(err.contains("providers[0].api_key"), "{err}");
+    assert!(!err.contains("sk-literal-secret"), "{err}");
+
+    std::fs::write(
+        dir.path().join("palisade.toml"),
+        "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n\n[[models]]\nname = \"m\"\nprovider = \"missing\"\n",
+    )
+    .unwrap();
+    let out = palisade(dir.path(), &["check-config"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("providers[0].base_url") && err.contains("models[0].provider"),
+        "{err}"
+    );
+    assert!(err.contains("2 problems"), "{err}");
+
+    let out = palisade(dir.path(), &["check-config", "--config", "nope.toml"]);
+    assert!(stderr(&out).contains("palisade init"), "{}", stderr(&out));
+}
+
+#[test]
+fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = palisade(dir.path(), &["init", "--dir", "site"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("site/palisade-data/palisade.db").exists());
+    let out = palisade(
+        dir.path(),
+        &["check-config", "--config", "site/palisade.toml"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = palisade(dir.path(), &["init", "--dir", "site"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"));
+}
+
+#[tokio::test]
+async fn demo_needs_nothing_and_prints_a_working_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--demo", "--ready-file", ready.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("PALISADE__SERVER__LISTEN", "127.0.0.1:0")
+        .env("PALISADE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addrs = wait_ready(&ready, &mut child).await;
+    let proxy = addrs["proxy"].as_str().unwrap().to_owned();
+    assert!(dir.path().join("palisade-demo/palisade.db").exists());
+    let status = terminate(&mut child);
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("pal_dev_"))
+        .unwrap_or_else(|| panic!("no key in {out}"))
+        .to_owned();
+    assert!(out.contains("curl"), "{out}");
+    assert!(
+        out.contains(&format!("http://{proxy}/v1/chat/completions")),
+        "{out}"
+    );
+
+    // Run it again: the printed key works against the demo provider.
+    std::fs::remove_file(&ready).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--demo", "--ready-file", ready.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("PALISADE__SERVER__LISTEN", "127.0.0.1:0")
+        .env("PALISADE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addrs = wait_ready(&ready, &mut child).await;
+    let proxy = addrs["proxy"].as_str().unwrap().to_owned();
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    // The banner is printed before the ready file is written.
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(&mut stdout_pipe, &mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    let new_key = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("pal_dev_"))
+        .unwrap()
+        .to_owned();
+    let (status, body) = post(
+        &proxy,
+        "/v1/chat/completions",
+        &new_key,
+        r#"{"model":"demo","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Palisade demo provider"));
+    // The previous demo key was revoked.
+    let (status, _) = post(&proxy, "/v1/chat/completions", &key, r#"{"model":"demo"}"#).await;
+    assert_eq!(status, 401);
+    terminate(&mut child);
+}

@@ -1,0 +1,11 @@
+//! API tests: each spawns a gateway on 127.0.0.1:0 with a temporary data
+//! directory and its own mock provider, and talks to it over HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod binary;
+mod errors;
+mod helpers;
+mod lifecycle;
+mod proxy;
+mod streaming;
