@@ -8,4 +8,5 @@ mod errors;
 mod helpers;
 mod lifecycle;
 mod proxy;
+mod sdk;
 mod streaming;
