@@ -87,11 +87,44 @@ def wrk(url, script, conns, seconds):
     return parse_wrk(out)
 
 
+def ttfb(addr, key, n):
+    """Time from sending a streaming request to the first SSE event, over one
+    keep-alive connection, n times. Returns sorted milliseconds."""
+    import socket
+
+    host, port = addr.rsplit(":", 1)
+    body = json.dumps({"model": "bench", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}).encode()
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        sock.sendall(req)
+        buf = b""
+        first = None
+        while not buf.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                sys.exit("connection closed during TTFB run")
+            buf += chunk
+            if first is None and b"data:" in buf:
+                first = time.perf_counter() - start
+        times.append(first * 1000)
+    sock.close()
+    return sorted(times)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a few seconds, no figures worth quoting")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--log-level", default="info", help="the gateway's [log] level")
+    ap.add_argument("--only", choices=["1", "32"], help="run one concurrency only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "overhead.json"))
     args = ap.parse_args()
     if args.smoke:
@@ -115,7 +148,7 @@ admin_listen = "127.0.0.1:0"
 data_dir = "{work / 'data'}"
 
 [log]
-level = "info"
+level = "{args.log_level}"
 format = "json"
 
 [[providers]]
@@ -150,7 +183,7 @@ provider = "mock"
 
         results = {}
         cpu = {}
-        for conns in (1, 32):
+        for conns in ((int(args.only),) if args.only else (1, 32)):
             runs = {"direct": [], "gateway": []}
             cpu_used, gw_requests = 0.0, 0
             for _ in range(args.rounds):
@@ -170,6 +203,13 @@ provider = "mock"
             }
         loaded_rss = rss_kib(gateway.pid)
 
+        n = 50 if args.smoke else 500
+        first_event = {}
+        for name, addr in (("direct", mock_addr), ("gateway", gw_addr)):
+            t = ttfb(addr, key, n)
+            first_event[name] = {"p50": statistics.median(t), "p99": t[int(len(t) * 0.99) - 1]}
+        first_event["added_ms"] = {k: first_event["gateway"][k] - first_event["direct"][k] for k in ("p50", "p99")}
+
         report = {
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
@@ -178,6 +218,7 @@ provider = "mock"
             "idle_rss_mib": idle_rss / 1024,
             "rss_after_load_mib": loaded_rss / 1024,
             "scenarios": results,
+            "stream_first_event_ms": first_event,
         }
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +235,10 @@ provider = "mock"
             a = r["added_ms"]
             print(f"| {c[1:]} | **added** | ratio {r['throughput_ratio']:.2f} | {a['p50']*1000:.0f} µs | {a['p90']*1000:.0f} µs | {a['p99']*1000:.0f} µs |")
             print(f"|   | gateway CPU per request | {r['gateway_cpu_us_per_request']:.0f} µs | | | |")
+        fe = first_event
+        print(f"stream time to first event (ms, {n} sequential): direct p50 {fe['direct']['p50']:.3f} p99 {fe['direct']['p99']:.3f}; "
+              f"gateway p50 {fe['gateway']['p50']:.3f} p99 {fe['gateway']['p99']:.3f}; "
+              f"added p50 {fe['added_ms']['p50']*1000:.0f} µs, p99 {fe['added_ms']['p99']*1000:.0f} µs")
     finally:
         for p in procs:
             p.terminate()

@@ -6,9 +6,10 @@
 //!    [`RequestId`] in the extensions and `x-request-id` on every response.
 //!    Outermost so that even errors from later layers carry the id.
 //! 2. **access log** ([`access_log`]) — counts the answer by endpoint and
-//!    status, records latency for answers whose body has no further work,
-//!    and logs one line per request with the error kind left by
-//!    [`ApiError`]. Outside authentication so that refusals are counted.
+//!    status and writes the request's one log line, with the error kind
+//!    left by [`ApiError`]; for a proxied answer the line and the latency
+//!    are left to the exchange's `Completion`, which knows when the body
+//!    ended. Outside authentication so that refusals are counted.
 //! 3. **authenticate** ([`authenticate`]) — deny by default: every route,
 //!    the fallback included, needs a valid key, except the paths in
 //!    [`OPEN_PATHS`]. Adds [`Principal`] to the extensions.
@@ -210,12 +211,14 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
             status: status.as_u16(),
         })
         .inc();
-    if resp.extensions().get::<DeferredCompletion>().is_none() {
-        metrics
-            .request_duration
-            .get_or_create(&EndpointLabels { endpoint })
-            .observe(started.elapsed().as_secs_f64());
+    if resp.extensions().get::<DeferredCompletion>().is_some() {
+        // The exchange's Completion records its duration and log line.
+        return resp;
     }
+    metrics
+        .request_duration
+        .get_or_create(&EndpointLabels { endpoint })
+        .observe(started.elapsed().as_secs_f64());
     let error = resp
         .extensions()
         .get::<ErrorKind>()
@@ -234,7 +237,7 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
         error,
         key_id,
         peer = peer.map(|p| p.to_string()).unwrap_or_default(),
-        head_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
     resp

@@ -1,11 +1,12 @@
 //! The proxy handlers: decode the request envelope, pick the model's
 //! provider, forward, and relay the answer.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,12 +19,13 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::ProviderLabels;
 use crate::registry::Provider;
-use crate::relay::{self, Completion, ReadLimits, SseRelay};
+use crate::relay::{self, Completion, Exchange, ReadLimits, SseRelay};
 use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::state::AppState;
 use crate::upstream::{self, TimeoutPhase, UpstreamError, UpstreamErrorKind};
 
-/// Marks a response whose end is recorded by its body, not by the access log.
+/// Marks a response whose end (metrics, log line) is recorded by its
+/// [`Completion`], not by the access-log layer.
 #[derive(Debug, Clone, Copy)]
 pub struct DeferredCompletion;
 
@@ -86,13 +88,11 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .cloned()
         .ok_or_else(|| ApiError::new(ErrorKind::Internal, dialect, "request id missing"))?;
     // The authentication layer runs before every proxy route.
-    if parts.extensions.get::<Principal>().is_none() {
-        return Err(ApiError::new(
-            ErrorKind::Internal,
-            dialect,
-            "request not authenticated",
-        ));
-    }
+    let principal = parts
+        .extensions
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal, dialect, "request not authenticated"))?;
     let body = read_body(body, &parts.headers, state.max_body_bytes(), dialect).await?;
 
     let envelope = Envelope::parse(&body, endpoint)
@@ -233,14 +233,20 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let streaming = is_sse;
-    let mut completion = Completion::new(
-        Arc::clone(state.metrics()),
+    let exchange = Exchange {
+        request_id: request_id.as_str().to_owned(),
+        key_id: principal.key_id().as_str().to_owned(),
+        peer: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
         endpoint,
-        request_id.as_str().to_owned(),
-        provider_name.clone(),
+        model: model.name().to_owned(),
+        provider: provider_name.clone(),
+        status: head.status.as_u16(),
         started,
-        streaming,
-    );
+    };
+    let mut completion = Completion::new(Arc::clone(state.metrics()), exchange, streaming);
 
     let mut builder = Response::builder().status(head.status);
     if let Some(headers) = builder.headers_mut() {

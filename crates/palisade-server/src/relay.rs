@@ -52,15 +52,25 @@ impl Outcome {
     }
 }
 
-/// Records the end of one proxied exchange when dropped. Until told
-/// otherwise it assumes the client went away, which is what a drop without
-/// a recorded end means.
+/// Who asked for what, carried to the record of the exchange's end.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub request_id: String,
+    pub key_id: String,
+    pub peer: Option<std::net::SocketAddr>,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub provider: Arc<str>,
+    pub status: u16,
+    pub started: Instant,
+}
+
+/// Records the end of one proxied exchange when dropped: metrics and the
+/// request's one log line. Until told otherwise it assumes the client went
+/// away, which is what a drop without a recorded end means.
 pub struct Completion {
     metrics: Arc<Metrics>,
-    endpoint: Endpoint,
-    request_id: String,
-    provider: Arc<str>,
-    started: Instant,
+    exchange: Exchange,
     streaming: bool,
     usage: Option<Usage>,
     outcome: Outcome,
@@ -68,23 +78,13 @@ pub struct Completion {
 }
 
 impl Completion {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        endpoint: Endpoint,
-        request_id: String,
-        provider: Arc<str>,
-        started: Instant,
-        streaming: bool,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, exchange: Exchange, streaming: bool) -> Self {
         if streaming {
             metrics.open_streams.inc();
         }
         Self {
             metrics,
-            endpoint,
-            request_id,
-            provider,
-            started,
+            exchange,
             streaming,
             usage: None,
             outcome: Outcome::ClientDisconnected,
@@ -112,13 +112,15 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let m = &self.metrics;
-        let endpoint = self.endpoint.label();
+        let x = &self.exchange;
+        let endpoint = x.endpoint.label();
+        let elapsed = x.started.elapsed();
         if self.streaming {
             m.open_streams.dec();
         }
         m.request_duration
             .get_or_create(&EndpointLabels { endpoint })
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         if self.outcome == Outcome::ClientDisconnected {
             m.client_disconnects
                 .get_or_create(&EndpointLabels { endpoint })
@@ -140,18 +142,23 @@ impl Drop for Completion {
                 .inc_by(usage.completion_tokens);
         }
         tracing::info!(
-            target: "palisade::completed",
-            request_id = %self.request_id,
-            endpoint,
-            provider = %self.provider,
+            target: "palisade::access",
+            request_id = %x.request_id,
+            method = "POST",
+            path = x.endpoint.path(),
+            status = x.status,
+            error = match self.outcome { Outcome::UpstreamFailed(k) => k, _ => "" },
+            key_id = %x.key_id,
+            peer = %x.peer.map(|p| p.to_string()).unwrap_or_default(),
+            model = %x.model,
+            provider = %x.provider,
             stream = self.streaming,
             outcome = self.outcome.label(),
-            upstream_error = match self.outcome { Outcome::UpstreamFailed(k) => k, _ => "" },
             prompt_tokens = usage.prompt_tokens,
             completion_tokens = usage.completion_tokens,
             bytes_out = self.bytes_out,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            "exchange ended"
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
         );
     }
 }

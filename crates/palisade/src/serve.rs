@@ -24,7 +24,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return demo(args.ready_file.as_deref(), env).await;
     }
     let config = Config::load(&args.config, env)?;
-    init_logging(&config);
+    let _log = init_logging(&config);
     let store = Arc::new(SqliteStore::open_in(&config.server.data_dir)?);
     let app = Application::build(config, store, &lookup).await?;
     announce(&app, args.ready_file.as_deref())?;
@@ -70,7 +70,7 @@ upstream_model = "palisade-demo-claude-1"
         base = mock.base_url()
     );
     let config = Config::from_toml("demo configuration", &text, env)?;
-    init_logging(&config);
+    let _log = init_logging(&config);
     let store = SqliteStore::open_in(&config.server.data_dir)?;
     // One demo key at a time: earlier ones are revoked.
     for old in store.list_keys().await? {
@@ -156,17 +156,25 @@ fn announce(app: &Application, ready_file: Option<&Path>) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr through a writer thread, so a request never waits on a
+/// write(2); the thread writes whatever has queued up in one go (the buffer
+/// is flushed each time the queue runs dry). The returned guard flushes what is queued when dropped: hold it
+/// until the process ends. Under extreme load the queue may drop lines; the
+/// audit ledger, not the log, is the record of requests.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second initialisation (never in the binary) is harmless.
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 /// Resolves on SIGINT or SIGTERM.

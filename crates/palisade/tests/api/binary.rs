@@ -157,6 +157,12 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     let line: Value = serde_json::from_str(access).unwrap();
     assert_eq!(line["status"], 200);
     assert!(!logs.contains(&key), "key in logs");
+    assert!(!logs.contains("PROMPT-MARKER"), "prompt text in logs");
+    assert!(!logs.contains("078-05-1120"), "prompt text in logs");
+    assert!(
+        !logs.contains("Hello from the Palisade"),
+        "completion text in logs"
+    );
     assert!(!logs.contains("local-secret"), "provider secret in logs");
 }
 

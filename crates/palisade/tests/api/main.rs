@@ -10,3 +10,4 @@ mod lifecycle;
 mod proxy;
 mod sdk;
 mod streaming;
+mod tls;
