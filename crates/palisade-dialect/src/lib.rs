@@ -56,6 +56,17 @@ impl Endpoint {
         Self::Messages,
     ];
 
+    /// Position in [`Self::ALL`], for tables indexed by endpoint.
+    pub fn index(self) -> usize {
+        match self {
+            Self::ChatCompletions => 0,
+            Self::Completions => 1,
+            Self::Embeddings => 2,
+            Self::Responses => 3,
+            Self::Messages => 4,
+        }
+    }
+
     /// The path clients call on the gateway.
     pub fn path(self) -> &'static str {
         match self {

@@ -33,9 +33,10 @@ use palisade_dialect::{Dialect, Endpoint};
 use palisade_store::Store;
 use tokio::net::TcpListener;
 
+use crate::access_log::{AccessLog, AccessRecord, AccessSink};
 use crate::auth::{AuthError, Authenticator};
 use crate::error::{ApiError, ErrorKind};
-use crate::metrics::{EndpointLabels, RequestLabels};
+use crate::metrics::{EndpointLabels, Metrics, RequestLabels};
 use crate::proxy::DeferredCompletion;
 use crate::registry::{Registry, RegistryError};
 use crate::request_id::{self, RequestId};
@@ -75,6 +76,13 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The backends an application is built on.
+pub struct Dependencies {
+    pub store: Arc<dyn Store>,
+    /// Where the access log's lines go.
+    pub access_log: Arc<dyn AccessSink>,
+}
+
 /// A gateway bound to its listeners, ready to run.
 pub struct Application {
     proxy: TcpListener,
@@ -87,11 +95,12 @@ impl Application {
     /// `env` resolves `env:` secret references.
     pub async fn build(
         config: Config,
-        store: Arc<dyn Store>,
+        deps: Dependencies,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, BuildError> {
         config.validate()?;
-        let registry = Registry::build(&config, env)?;
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::build(&config, env, &metrics)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -99,7 +108,14 @@ impl Application {
         };
         let proxy = bind(config.server.listen).await?;
         let admin = bind(config.server.admin_listen).await?;
-        let state = AppState::new(config, registry, Authenticator::new(store));
+        let access_log = AccessLog::new(deps.access_log, config.log.format);
+        let state = AppState::new(
+            config,
+            registry,
+            Authenticator::new(deps.store),
+            access_log,
+            metrics,
+        );
         Ok(Self {
             proxy,
             admin,
@@ -146,10 +162,19 @@ impl Application {
             admin_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(token.clone().cancelled_owned());
-        let servers =
-            async move { tokio::try_join!(proxy.into_future(), admin.into_future()).map(|_| ()) };
+        // The accept loops run as tasks on the runtime's workers, not on the
+        // thread that awaits this future, so that no request has to wake it.
+        let proxy = tokio::spawn(proxy.into_future());
+        let admin = tokio::spawn(admin.into_future());
+        let aborts = [proxy.abort_handle(), admin.abort_handle()];
+        let servers = async move {
+            let (p, a) = tokio::join!(proxy, admin);
+            p.map_err(std::io::Error::other)??;
+            a.map_err(std::io::Error::other)??;
+            Ok(())
+        };
         tokio::pin!(servers);
-        tokio::select! {
+        let result = tokio::select! {
             result = &mut servers => result,
             () = shutdown => {
                 tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining in-flight requests");
@@ -157,7 +182,11 @@ impl Application {
                 token.cancel();
                 drain(servers, grace).await
             }
+        };
+        for abort in aborts {
+            abort.abort();
         }
+        result
     }
 }
 
@@ -215,31 +244,32 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
         // The exchange's Completion records its duration and log line.
         return resp;
     }
+    let duration = started.elapsed();
     metrics
         .request_duration
         .get_or_create(&EndpointLabels { endpoint })
-        .observe(started.elapsed().as_secs_f64());
-    let error = resp
-        .extensions()
-        .get::<ErrorKind>()
-        .map_or("", |k| k.label());
-    let key_id = resp
-        .extensions()
-        .get::<KeyIdTag>()
-        .map(|k| k.0.as_str())
-        .unwrap_or_default();
-    tracing::info!(
-        target: "palisade::access",
-        request_id = request_id.as_ref().map(RequestId::as_str).unwrap_or_default(),
-        method = %method,
-        path = %path,
-        status = status.as_u16(),
-        error,
-        key_id,
-        peer = peer.map(|p| p.to_string()).unwrap_or_default(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+        .observe(duration.as_secs_f64());
+    state.access_log().record(&AccessRecord {
+        request_id: request_id
+            .as_ref()
+            .map(RequestId::as_str)
+            .unwrap_or_default(),
+        method: method.as_str(),
+        path: &path,
+        status: status.as_u16(),
+        error: resp
+            .extensions()
+            .get::<ErrorKind>()
+            .map_or("", |k| k.label()),
+        key_id: resp
+            .extensions()
+            .get::<KeyIdTag>()
+            .map(|k| k.0.as_str())
+            .unwrap_or_default(),
+        peer,
+        exchange: None,
+        duration,
+    });
     resp
 }
 

@@ -2,6 +2,7 @@
 //! upstream client. See [`app`] for the order of layers and `ARCHITECTURE.md`
 //! for the map.
 
+pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod error;
@@ -15,5 +16,5 @@ mod routes;
 pub mod state;
 pub mod upstream;
 
-pub use app::{Application, BuildError, admin_router, proxy_router};
+pub use app::{Application, BuildError, Dependencies, admin_router, proxy_router};
 pub use state::AppState;

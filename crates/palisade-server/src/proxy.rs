@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use palisade_dialect::envelope::Envelope;
+use palisade_dialect::usage;
 use palisade_dialect::{Dialect, Endpoint};
 use serde_json::json;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorKind};
-use crate::metrics::ProviderLabels;
 use crate::registry::Provider;
 use crate::relay::{self, Completion, Exchange, ReadLimits, SseRelay};
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -25,7 +25,8 @@ use crate::state::AppState;
 use crate::upstream::{self, TimeoutPhase, UpstreamError, UpstreamErrorKind};
 
 /// Marks a response whose end (metrics, log line) is recorded by its
-/// [`Completion`], not by the access-log layer.
+/// [`Completion`], not by the access-log layer: every answer after routing,
+/// errors included.
 #[derive(Debug, Clone, Copy)]
 pub struct DeferredCompletion;
 
@@ -132,9 +133,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     let upstream_body = Bytes::from(envelope.rewrite(model.upstream_model(), force_usage));
     drop(envelope);
 
-    let uri = provider
-        .uri(endpoint, model.upstream_model())
-        .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "provider URL is invalid"))?;
+    let uri = model
+        .uri(endpoint)
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal, dialect, "provider URL is invalid"))?;
     let mut upstream_req = hyper::Request::builder()
         .method(Method::POST)
         .uri(uri)
@@ -153,25 +155,37 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         &request_id,
     );
 
+    // From here on the exchange records its own end, however it ends.
+    let provider_name = Arc::clone(provider.name());
+    let mut completion = Completion::new(
+        state.clone(),
+        Exchange {
+            request_id: request_id.as_str().to_owned(),
+            key_id: principal.key_id().as_str().to_owned(),
+            peer: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            endpoint,
+            model: model.name().to_owned(),
+            provider: Arc::clone(&provider_name),
+            started,
+        },
+    );
+    let fail = |mut completion: Completion, err: UpstreamError| {
+        let api = ApiError::from_upstream(&err, dialect);
+        completion.upstream_failed(&err, api.status().as_u16(), None);
+        let mut response = api.into_response();
+        response.extensions_mut().insert(DeferredCompletion);
+        Ok(response)
+    };
+
     let timeouts = *provider.timeouts();
     let limits = ReadLimits {
         idle: timeouts.idle,
         deadline: tokio::time::Instant::from_std(started) + timeouts.total,
     };
     let first_byte_by = (tokio::time::Instant::now() + timeouts.first_byte).min(limits.deadline);
-    let metrics = Arc::clone(state.metrics());
-    let provider_name = Arc::clone(provider.name());
-    let record_error = |err: UpstreamError| {
-        metrics
-            .upstream_errors
-            .get_or_create(&crate::metrics::UpstreamErrorLabels {
-                provider: provider_name.to_string(),
-                kind: err.label(),
-            })
-            .inc();
-        ApiError::from_upstream(&err, dialect)
-    };
-
     let sent = Instant::now();
     let response = match tokio::time::timeout_at(
         first_byte_by,
@@ -185,10 +199,8 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             } else {
                 TimeoutPhase::FirstByte
             };
-            return Err(record_error(UpstreamError::new(
-                provider_name.clone(),
-                UpstreamErrorKind::Timeout(phase),
-            )));
+            let err = UpstreamError::new(provider_name, UpstreamErrorKind::Timeout(phase));
+            return fail(completion, err);
         }
         Ok(Err(e)) => {
             let kind = if e.is_connect() {
@@ -197,62 +209,35 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
                 UpstreamErrorKind::Protocol
             };
             tracing::debug!(target: "palisade::upstream", provider = %provider_name, error = %e, "upstream request failed");
-            return Err(record_error(UpstreamError::new(
-                provider_name.clone(),
-                kind,
-            )));
+            return fail(completion, UpstreamError::new(provider_name, kind));
         }
         Ok(Ok(r)) => r,
     };
-    state
-        .metrics()
-        .upstream_duration
-        .get_or_create(&ProviderLabels {
-            provider: provider_name.to_string(),
-        })
+    provider
+        .upstream_duration()
         .observe(sent.elapsed().as_secs_f64());
 
     let (head, upstream_body) = response.into_parts();
     if !head.status.is_success() {
         let retry_after = head.headers.get(header::RETRY_AFTER).cloned();
         let detail = read_error_detail(upstream_body, limits).await;
-        let err = UpstreamError::new(
-            provider_name.clone(),
-            UpstreamErrorKind::Status {
-                status: head.status.as_u16(),
-                detail,
-            },
-        )
-        .with_retry_after(retry_after);
-        return Err(record_error(err));
+        let status = head.status.as_u16();
+        let err = UpstreamError::new(provider_name, UpstreamErrorKind::Status { status, detail })
+            .with_retry_after(retry_after);
+        return fail(completion, err);
     }
 
-    let is_sse = head
+    let streaming = head
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let streaming = is_sse;
-    let exchange = Exchange {
-        request_id: request_id.as_str().to_owned(),
-        key_id: principal.key_id().as_str().to_owned(),
-        peer: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0),
-        endpoint,
-        model: model.name().to_owned(),
-        provider: provider_name.clone(),
-        status: head.status.as_u16(),
-        started,
-    };
-    let mut completion = Completion::new(Arc::clone(state.metrics()), exchange, streaming);
-
     let mut builder = Response::builder().status(head.status);
     if let Some(headers) = builder.headers_mut() {
         copy_response_headers(&head.headers, headers);
     }
     let response = if streaming {
+        completion.responding(head.status.as_u16(), true);
         let relay = SseRelay::new(
             upstream_body,
             endpoint,
@@ -266,9 +251,13 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             .header("x-accel-buffering", "no")
             .body(relay::sse_body(relay))
     } else {
-        let bytes = relay::read_whole(upstream_body, limits, &provider_name, &mut completion)
-            .await
-            .map_err(|e| ApiError::from_upstream(&e, dialect))?;
+        let bytes = match relay::read_whole(upstream_body, limits, &provider_name).await {
+            Ok(bytes) => bytes,
+            Err(err) => return fail(completion, err),
+        };
+        completion.responding(head.status.as_u16(), false);
+        completion.add_bytes_out(bytes.len());
+        completion.finish(usage::from_body(&bytes));
         builder.body(Body::from(bytes))
     };
     let mut response = response

@@ -8,6 +8,9 @@ use axum::http::{HeaderName, HeaderValue, Uri};
 use palisade_config::{Config, ProviderKind, Timeouts};
 use palisade_dialect::Endpoint;
 
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{Metrics, ProviderLabels};
 use crate::upstream::{self, ClientBuildError, HttpClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,8 @@ pub enum RegistryError {
         provider: String,
         source: ClientBuildError,
     },
+    #[error("model `{model}`: base_url and upstream_model do not form a valid URL")]
+    Url { model: String },
     #[error("model `{model}`: upstream_model must be a URL-safe deployment name for Azure OpenAI")]
     DeploymentName { model: String },
 }
@@ -37,6 +42,7 @@ pub struct Provider {
     api_version: Option<String>,
     timeouts: Timeouts,
     client: HttpClient,
+    upstream_duration: Histogram,
 }
 
 impl std::fmt::Debug for Provider {
@@ -66,6 +72,11 @@ impl Provider {
         &self.client
     }
 
+    /// Time to the response head, for this provider.
+    pub fn upstream_duration(&self) -> &Histogram {
+        &self.upstream_duration
+    }
+
     /// The credential header the gateway adds; never from the client.
     pub fn auth_header(&self) -> Option<&(HeaderName, HeaderValue)> {
         self.auth.as_ref()
@@ -80,7 +91,7 @@ impl Provider {
     }
 
     /// The upstream URL for `endpoint`.
-    pub fn uri(
+    fn uri(
         &self,
         endpoint: Endpoint,
         upstream_model: &str,
@@ -102,6 +113,8 @@ pub struct Model {
     name: String,
     provider: Arc<Provider>,
     upstream_model: String,
+    /// The upstream URL per endpoint the provider serves, built once.
+    uris: [Option<Uri>; Endpoint::ALL.len()],
 }
 
 impl Model {
@@ -116,6 +129,12 @@ impl Model {
     pub fn upstream_model(&self) -> &str {
         &self.upstream_model
     }
+
+    /// Where requests for `endpoint` go; `None` when the provider does not
+    /// serve it.
+    pub fn uri(&self, endpoint: Endpoint) -> Option<&Uri> {
+        self.uris[endpoint.index()].as_ref()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +148,7 @@ impl Registry {
     pub fn build(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
+        metrics: &Metrics,
     ) -> Result<Self, RegistryError> {
         let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
         for p in &config.providers {
@@ -173,6 +193,12 @@ impl Registry {
                     api_version: p.api_version.clone(),
                     timeouts: p.timeouts,
                     client,
+                    upstream_duration: metrics
+                        .upstream_duration
+                        .get_or_create(&ProviderLabels {
+                            provider: p.name.clone(),
+                        })
+                        .clone(),
                 }),
             );
         }
@@ -192,10 +218,21 @@ impl Registry {
                     model: m.name.clone(),
                 });
             }
+            let mut uris: [Option<Uri>; Endpoint::ALL.len()] = Default::default();
+            for endpoint in Endpoint::ALL.into_iter().filter(|e| provider.serves(*e)) {
+                let uri =
+                    provider
+                        .uri(endpoint, &upstream_model)
+                        .map_err(|_| RegistryError::Url {
+                            model: m.name.clone(),
+                        })?;
+                uris[endpoint.index()] = Some(uri);
+            }
             let model = Arc::new(Model {
                 name: m.name.clone(),
                 provider: Arc::clone(provider),
                 upstream_model,
+                uris,
             });
             registry.by_name.insert(m.name.clone(), Arc::clone(&model));
             registry.ordered.push(model);

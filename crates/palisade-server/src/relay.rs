@@ -27,8 +27,10 @@ use palisade_dialect::usage::{self, EventRole, StreamUsage, Usage};
 use palisade_dialect::{Dialect, Endpoint};
 use tokio::time::timeout_at;
 
+use crate::access_log::{AccessRecord, ExchangeFields};
 use crate::error::ApiError;
-use crate::metrics::{EndpointLabels, Metrics, TokenLabels, UpstreamErrorLabels};
+use crate::metrics::{EndpointLabels, TokenLabels, UpstreamErrorLabels};
+use crate::state::AppState;
 use crate::upstream::{TimeoutPhase, UpstreamError, UpstreamErrorKind};
 
 /// Upper bound on a whole (non-streamed) upstream response.
@@ -61,57 +63,79 @@ pub struct Exchange {
     pub endpoint: Endpoint,
     pub model: String,
     pub provider: Arc<str>,
-    pub status: u16,
     pub started: Instant,
 }
 
-/// Records the end of one proxied exchange when dropped: metrics and the
-/// request's one log line. Until told otherwise it assumes the client went
-/// away, which is what a drop without a recorded end means.
+/// The status recorded for an exchange the client abandoned before an
+/// answer was sent (nginx's convention).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// One proxied exchange, from routing to its end. Its end is recorded
+/// exactly once — metrics and the request's access-log line — by
+/// [`finish`](Self::finish), [`upstream_failed`](Self::upstream_failed), or,
+/// if neither was called, when it is dropped: a drop without a recorded end
+/// means the client went away.
 pub struct Completion {
-    metrics: Arc<Metrics>,
+    state: AppState,
     exchange: Exchange,
+    status: u16,
     streaming: bool,
-    usage: Option<Usage>,
-    outcome: Outcome,
     bytes_out: u64,
+    recorded: bool,
 }
 
 impl Completion {
-    pub fn new(metrics: Arc<Metrics>, exchange: Exchange, streaming: bool) -> Self {
-        if streaming {
-            metrics.open_streams.inc();
-        }
+    pub fn new(state: AppState, exchange: Exchange) -> Self {
         Self {
-            metrics,
+            state,
             exchange,
-            streaming,
-            usage: None,
-            outcome: Outcome::ClientDisconnected,
+            status: CLIENT_CLOSED_REQUEST,
+            streaming: false,
             bytes_out: 0,
+            recorded: false,
         }
     }
 
-    pub fn finish(&mut self, outcome: Outcome, usage: Option<Usage>) {
-        self.outcome = outcome;
-        self.usage = usage;
+    /// The answer's head is going out with `status`.
+    pub fn responding(&mut self, status: u16, streaming: bool) {
+        self.status = status;
+        if streaming && !self.streaming {
+            self.streaming = true;
+            self.state.metrics().open_streams.inc();
+        }
     }
 
-    fn upstream_failed(&mut self, err: &UpstreamError) {
-        self.metrics
+    pub fn add_bytes_out(&mut self, n: usize) {
+        self.bytes_out += n as u64;
+    }
+
+    /// The exchange ended normally.
+    pub fn finish(&mut self, usage: Option<Usage>) {
+        self.record(Outcome::Completed, usage);
+    }
+
+    /// The provider failed; `status` is what the client was (or will be)
+    /// told.
+    pub fn upstream_failed(&mut self, err: &UpstreamError, status: u16, usage: Option<Usage>) {
+        self.state
+            .metrics()
             .upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 provider: err.provider().to_owned(),
                 kind: err.label(),
             })
             .inc();
-        self.outcome = Outcome::UpstreamFailed(err.label());
+        if !self.streaming {
+            self.status = status;
+        }
+        self.record(Outcome::UpstreamFailed(err.label()), usage);
     }
-}
 
-impl Drop for Completion {
-    fn drop(&mut self) {
-        let m = &self.metrics;
+    fn record(&mut self, outcome: Outcome, usage: Option<Usage>) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let m = self.state.metrics();
         let x = &self.exchange;
         let endpoint = x.endpoint.label();
         let elapsed = x.started.elapsed();
@@ -121,45 +145,54 @@ impl Drop for Completion {
         m.request_duration
             .get_or_create(&EndpointLabels { endpoint })
             .observe(elapsed.as_secs_f64());
-        if self.outcome == Outcome::ClientDisconnected {
+        if outcome == Outcome::ClientDisconnected {
             m.client_disconnects
                 .get_or_create(&EndpointLabels { endpoint })
                 .inc();
         }
-        let usage = self.usage.unwrap_or_default();
-        if self.usage.is_some() {
+        if let Some(u) = usage {
             m.tokens
                 .get_or_create(&TokenLabels {
                     endpoint,
                     kind: "prompt",
                 })
-                .inc_by(usage.prompt_tokens);
+                .inc_by(u.prompt_tokens);
             m.tokens
                 .get_or_create(&TokenLabels {
                     endpoint,
                     kind: "completion",
                 })
-                .inc_by(usage.completion_tokens);
+                .inc_by(u.completion_tokens);
         }
-        tracing::info!(
-            target: "palisade::access",
-            request_id = %x.request_id,
-            method = "POST",
-            path = x.endpoint.path(),
-            status = x.status,
-            error = match self.outcome { Outcome::UpstreamFailed(k) => k, _ => "" },
-            key_id = %x.key_id,
-            peer = %x.peer.map(|p| p.to_string()).unwrap_or_default(),
-            model = %x.model,
-            provider = %x.provider,
-            stream = self.streaming,
-            outcome = self.outcome.label(),
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
-            bytes_out = self.bytes_out,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+        let usage = usage.unwrap_or_default();
+        self.state.access_log().record(&AccessRecord {
+            request_id: &x.request_id,
+            method: "POST",
+            path: x.endpoint.path(),
+            status: self.status,
+            error: match outcome {
+                Outcome::UpstreamFailed(k) => k,
+                _ => "",
+            },
+            key_id: &x.key_id,
+            peer: x.peer,
+            exchange: Some(ExchangeFields {
+                model: &x.model,
+                provider: &x.provider,
+                stream: self.streaming,
+                outcome: outcome.label(),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                bytes_out: self.bytes_out,
+            }),
+            duration: elapsed,
+        });
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.record(Outcome::ClientDisconnected, None);
     }
 }
 
@@ -182,43 +215,30 @@ impl ReadLimits {
     }
 }
 
-/// Reads a whole upstream body. On failure the completion is marked and the
-/// error returned for the caller to render.
+/// Reads a whole upstream body within the timeouts and
+/// [`MAX_WHOLE_RESPONSE`].
 pub async fn read_whole(
     mut body: Incoming,
     limits: ReadLimits,
     provider: &Arc<str>,
-    completion: &mut Completion,
 ) -> Result<Bytes, UpstreamError> {
     let mut buf = Vec::new();
     let fail = |kind| UpstreamError::new(Arc::clone(provider), kind);
     loop {
         let (until, phase) = limits.next();
         let frame = match timeout_at(until, body.frame()).await {
-            Err(_) => {
-                let e = fail(UpstreamErrorKind::Timeout(phase));
-                completion.upstream_failed(&e);
-                return Err(e);
-            }
+            Err(_) => return Err(fail(UpstreamErrorKind::Timeout(phase))),
             Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                let e = fail(UpstreamErrorKind::Protocol);
-                completion.upstream_failed(&e);
-                return Err(e);
-            }
+            Ok(Some(Err(_))) => return Err(fail(UpstreamErrorKind::Protocol)),
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_WHOLE_RESPONSE {
-                let e = fail(UpstreamErrorKind::TooLarge);
-                completion.upstream_failed(&e);
-                return Err(e);
+                return Err(fail(UpstreamErrorKind::TooLarge));
             }
             buf.extend_from_slice(&data);
         }
     }
-    completion.bytes_out = buf.len() as u64;
-    completion.finish(Outcome::Completed, usage::from_body(&buf));
     Ok(Bytes::from(buf))
 }
 
@@ -282,7 +302,7 @@ impl SseRelay {
                 self.forward(raw, &mut out);
             }
             if !out.is_empty() {
-                self.completion.bytes_out += out.len() as u64;
+                self.completion.add_bytes_out(out.len());
                 return Some(Bytes::from(out));
             }
         }
@@ -310,8 +330,8 @@ impl SseRelay {
         if let Some(rest) = self.splitter.finish() {
             self.forward(rest, &mut out);
         }
-        self.completion
-            .finish(Outcome::Completed, self.usage.usage());
+        self.completion.add_bytes_out(out.len());
+        self.completion.finish(self.usage.usage());
         (!out.is_empty()).then(|| Bytes::from(out))
     }
 
@@ -319,19 +339,19 @@ impl SseRelay {
     fn fail(&mut self, kind: UpstreamErrorKind) -> Bytes {
         self.finished = true;
         let err = UpstreamError::new(Arc::clone(&self.provider), kind);
-        self.completion.upstream_failed(&err);
-        self.completion.usage = self.usage.usage();
+        let event = ApiError::from_upstream(&err, self.dialect)
+            .body()
+            .to_sse(self.dialect);
+        self.completion.add_bytes_out(event.len());
+        self.completion
+            .upstream_failed(&err, 200, self.usage.usage());
         tracing::warn!(
             target: "palisade::relay",
             provider = %self.provider,
             kind = err.label(),
             "upstream failed mid-stream; sending an error event"
         );
-        Bytes::from(
-            ApiError::from_upstream(&err, self.dialect)
-                .body()
-                .to_sse(self.dialect),
-        )
+        Bytes::from(event)
     }
 }
 

@@ -30,11 +30,38 @@ fn well_formed(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
+thread_local! {
+    /// Per-thread keyed hash and counter: the random part of request ids
+    /// without a getrandom(2) call per request. Request ids need to be
+    /// unique, not secret.
+    static ID_BITS: (std::hash::RandomState, std::cell::Cell<u64>) =
+        (std::hash::RandomState::new(), std::cell::Cell::new(0));
+}
+
+/// A fresh UUIDv7: milliseconds since the epoch, then 74 random bits.
+pub fn new_request_id() -> HeaderValue {
+    use std::hash::BuildHasher;
+    let (a, b) = ID_BITS.with(|(keys, counter)| {
+        let n = counter.get();
+        counter.set(n.wrapping_add(1));
+        (keys.hash_one((n, 0u8)), keys.hash_one((n, 1u8)))
+    });
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&a.to_le_bytes());
+    random[8..].copy_from_slice(&b.to_le_bytes()[..2]);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("invalid"))
+}
+
 pub async fn layer(mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if well_formed(v) => v.clone(),
-        _ => HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-            .unwrap_or(HeaderValue::from_static("invalid")),
+        _ => new_request_id(),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
@@ -45,6 +72,17 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_ids_are_unique_uuid_v7() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_request_id();
+            let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(parsed.get_version_num(), 7);
+            assert!(seen.insert(id));
+        }
+    }
 
     #[test]
     fn accepts_only_plain_ids() {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use palisade_config::Config;
 
+use crate::access_log::AccessLog;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -20,17 +21,25 @@ struct Inner {
     registry: Registry,
     auth: Authenticator,
     metrics: Arc<Metrics>,
+    access_log: AccessLog,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(config: Config, registry: Registry, auth: Authenticator) -> Self {
+    pub fn new(
+        config: Config,
+        registry: Registry,
+        auth: Authenticator,
+        access_log: AccessLog,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 registry,
                 auth,
-                metrics: Arc::new(Metrics::new()),
+                metrics,
+                access_log,
                 draining: AtomicBool::new(false),
             }),
         }
@@ -50,6 +59,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    pub fn access_log(&self) -> &AccessLog {
+        &self.inner.access_log
     }
 
     pub fn max_body_bytes(&self) -> usize {

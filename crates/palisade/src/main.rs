@@ -3,6 +3,7 @@
 mod cli;
 mod init;
 mod keys;
+mod logging;
 mod serve;
 
 use clap::Parser;

@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use palisade_config::{Config, LogFormat};
 use palisade_mock::{MockOptions, MockServer};
-use palisade_server::Application;
+use palisade_server::{Application, Dependencies};
 use palisade_store::{NewKey, SqliteStore, Store, unix_now};
 use serde_json::json;
 
 use crate::cli::{self, MockArgs, ServeArgs};
+use crate::logging::{FlushGuard, LogSink};
 
 const DEMO_DIR: &str = "./palisade-demo";
 const DEMO_TENANT: &str = "demo";
@@ -24,9 +25,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return demo(args.ready_file.as_deref(), env).await;
     }
     let config = Config::load(&args.config, env)?;
-    let _log = init_logging(&config);
-    let store = Arc::new(SqliteStore::open_in(&config.server.data_dir)?);
-    let app = Application::build(config, store, &lookup).await?;
+    let (sink, _log) = init_logging(&config);
+    let deps = Dependencies {
+        store: Arc::new(SqliteStore::open_in(&config.server.data_dir)?),
+        access_log: Arc::new(sink),
+    };
+    let app = Application::build(config, deps, &lookup).await?;
     announce(&app, args.ready_file.as_deref())?;
     app.run_until(shutdown_signal()).await?;
     Ok(())
@@ -70,7 +74,7 @@ upstream_model = "palisade-demo-claude-1"
         base = mock.base_url()
     );
     let config = Config::from_toml("demo configuration", &text, env)?;
-    let _log = init_logging(&config);
+    let (sink, _log) = init_logging(&config);
     let store = SqliteStore::open_in(&config.server.data_dir)?;
     // One demo key at a time: earlier ones are revoked.
     for old in store.list_keys().await? {
@@ -89,7 +93,11 @@ upstream_model = "palisade-demo-claude-1"
         )
         .await?;
     let lookup = |_: &str| None;
-    let app = Application::build(config, Arc::new(store), &lookup).await?;
+    let deps = Dependencies {
+        store: Arc::new(store),
+        access_log: Arc::new(sink),
+    };
+    let app = Application::build(config, deps, &lookup).await?;
     let proxy = app.proxy_addr();
     println!(
         r#"
@@ -156,25 +164,22 @@ fn announce(app: &Application, ready_file: Option<&Path>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Logs go to stderr through a writer thread, so a request never waits on a
-/// write(2); the thread writes whatever has queued up in one go (the buffer
-/// is flushed each time the queue runs dry). The returned guard flushes what is queued when dropped: hold it
-/// until the process ends. Under extreme load the queue may drop lines; the
-/// audit ledger, not the log, is the record of requests.
-fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+/// Diagnostics and the access log go to stderr through one [`LogSink`];
+/// hold the returned guard until the process ends so that buffered lines
+/// are written.
+fn init_logging(config: &Config) -> (LogSink, FlushGuard) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(stderr);
+    let (writer, guard) = LogSink::new(Box::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer.clone());
     // A second initialisation (never in the binary) is harmless.
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    guard
+    (writer, guard)
 }
 
 /// Resolves on SIGINT or SIGTERM.

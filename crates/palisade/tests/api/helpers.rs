@@ -11,7 +11,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use palisade_config::{Config, ModelConfig, ProviderConfig, ProviderKind, SecretRef, Timeouts};
 use palisade_mock::{MockOptions, MockServer};
-use palisade_server::Application;
+use palisade_server::access_log::MemorySink;
+use palisade_server::{Application, Dependencies};
 use palisade_store::{NewKey, SqliteStore, Store};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -27,6 +28,8 @@ pub struct TestApp {
     pub mock: MockServer,
     pub store: SqliteStore,
     pub dir: TempDir,
+    /// The access log's lines.
+    pub access: MemorySink,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -130,9 +133,12 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
         "MOCK_ANTHROPIC_KEY" => Some(ANTHROPIC_SECRET.to_owned()),
         _ => None,
     };
-    let app = Application::build(config, Arc::new(store.clone()), &env)
-        .await
-        .unwrap();
+    let access = MemorySink::default();
+    let deps = Dependencies {
+        store: Arc::new(store.clone()),
+        access_log: Arc::new(access.clone()),
+    };
+    let app = Application::build(config, deps, &env).await.unwrap();
     let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async move {
@@ -145,6 +151,7 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
         mock,
         store,
         dir,
+        access,
         client: Client::builder(TokioExecutor::new()).build_http(),
         shutdown: Some(tx),
         task: Some(task),

@@ -298,3 +298,58 @@ async fn metrics_count_requests_and_upstream_latency() {
     );
     assert_eq!(metric(&m, "palisade_open_streams"), Some(0.0), "{m}");
 }
+
+#[tokio::test]
+async fn every_request_writes_one_access_line_without_content() {
+    let app = spawn_app().await;
+    let marker = "PROMPT-MARKER-91c2";
+    let body = format!(
+        r#"{{"model":"gpt-test","stream":true,"messages":[{{"role":"user","content":"{marker}"}}]}}"#
+    );
+    let ok = app.post("/v1/chat/completions", &body).await;
+    assert_eq!(ok.status, 200);
+    let refused = app
+        .post(
+            "/v1/chat/completions",
+            &format!(r#"{{"model":"{marker}"}}"#),
+        )
+        .await;
+    assert_eq!(refused.status, 404);
+
+    let failed = app
+        .post_with(
+            "/v1/chat/completions",
+            &[("x-mock-status", "500")],
+            r#"{"model":"gpt-test"}"#,
+        )
+        .await;
+    assert_eq!(failed.status, 502);
+
+    let lines = app.access.lines();
+    assert_eq!(lines.len(), 3, "one line per request: {lines:?}");
+    for line in &lines {
+        assert!(!line.contains(marker), "content in the access log: {line}");
+        assert!(!line.contains(&app.key), "key in the access log: {line}");
+        assert!(
+            !line.contains("Hello from"),
+            "completion in the access log: {line}"
+        );
+    }
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["request_id"], ok.header("x-request-id").unwrap());
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["model"], "gpt-test");
+    assert_eq!(first["provider"], "openai-mock");
+    assert_eq!(first["stream"], true);
+    assert_eq!(first["outcome"], "completed");
+    assert_eq!(first["completion_tokens"], 12);
+    assert_eq!(first["key_id"].as_str().unwrap().len(), 12);
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["status"], 404);
+    assert_eq!(second["error"], "model_not_found");
+    let third: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(third["status"], 502);
+    assert_eq!(third["error"], "status_5xx");
+    assert_eq!(third["provider"], "openai-mock");
+    assert_eq!(third["outcome"], "upstream_failed");
+}

@@ -143,7 +143,11 @@ async fn an_unusable_ca_file_stops_start_up() {
     p.ca_file = Some(bad);
     config.providers.push(p);
     let store = palisade_store::SqliteStore::open_in(&config.server.data_dir).unwrap();
-    let err = palisade_server::Application::build(config, Arc::new(store), &|_| None)
+    let deps = palisade_server::Dependencies {
+        store: Arc::new(store),
+        access_log: Arc::new(palisade_server::access_log::MemorySink::default()),
+    };
+    let err = palisade_server::Application::build(config, deps, &|_| None)
         .await
         .err()
         .expect("start-up must fail");
