@@ -13,6 +13,8 @@ use crate::helpers::*;
 struct TlsProvider {
     ca_pem: String,
     base_url: String,
+    /// The HTTP version of each request the provider received.
+    versions: Arc<std::sync::Mutex<Vec<http::Version>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,7 +44,11 @@ async fn tls_provider() -> TlsProvider {
         rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
     )
     .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let versions = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&versions);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = palisade_mock::router(MockOptions::default());
@@ -53,12 +59,18 @@ async fn tls_provider() -> TlsProvider {
             };
             let acceptor = acceptor.clone();
             let router = router.clone();
+            let seen = Arc::clone(&seen);
             tokio::spawn(async move {
                 // Failed handshakes (an untrusting client) just end here.
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper_util::service::TowerToHyperService::new(router);
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        seen.lock().unwrap().push(req.version());
+                        let mut router = router.clone();
+                        async move { tower::Service::call(&mut router, req).await }
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
@@ -70,6 +82,7 @@ async fn tls_provider() -> TlsProvider {
     TlsProvider {
         ca_pem: ca.pem(),
         base_url: format!("https://127.0.0.1:{}/v1", addr.port()),
+        versions,
         _task: task,
     }
 }
@@ -112,6 +125,15 @@ async fn a_private_ca_is_trusted_only_through_ca_file() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["model"], "mock-gpt");
+    // ALPN negotiated HTTP/2 with the provider.
+    assert_eq!(*tls.versions.lock().unwrap(), vec![http::Version::HTTP_2]);
+    let r = app
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"via-trusted","stream":true}"#,
+        )
+        .await;
+    assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
 
     // The same server without the CA: the certificate is refused and
     // nothing is sent.
