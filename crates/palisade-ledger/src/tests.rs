@@ -1,0 +1,307 @@
+use sha2::{Digest, Sha256};
+use tlog_tiles::{Hash, HashReader};
+
+use super::*;
+
+/// RFC 6962 §2.1, written out the slow way.
+fn naive_root(entries: &[Vec<u8>]) -> [u8; 32] {
+    match entries.len() {
+        0 => Sha256::digest(b"").into(),
+        1 => {
+            let mut h = Sha256::new();
+            h.update([0u8]);
+            h.update(&entries[0]);
+            h.finalize().into()
+        }
+        n => {
+            let k = n.next_power_of_two() / 2;
+            let k = if k == n { n / 2 } else { k };
+            let mut h = Sha256::new();
+            h.update([1u8]);
+            h.update(naive_root(&entries[..k]));
+            h.update(naive_root(&entries[k..]));
+            h.finalize().into()
+        }
+    }
+}
+
+fn entry(i: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"schema": "palisade.audit/v1", "seq": i, "pad": "x".repeat((i % 37) as usize)}))
+        .unwrap()
+}
+
+struct Memory(Vec<Hash>);
+
+impl HashReader for Memory {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        Ok(indexes.iter().map(|&i| self.0[i as usize]).collect())
+    }
+}
+
+#[test]
+fn tree_hash_matches_a_naive_merkle_tree_for_every_size_up_to_1024() {
+    let entries: Vec<Vec<u8>> = (0..1024).map(entry).collect();
+    let mut stored = Memory(Vec::new());
+    for (n, e) in entries.iter().enumerate() {
+        let new = tlog_tiles::stored_hashes(n as u64, e, &stored).unwrap();
+        stored.0.extend(new);
+        let size = n + 1;
+        let root = tlog_tiles::tree_hash(size as u64, &stored).unwrap();
+        assert_eq!(root.0, naive_root(&entries[..size]), "size {size}");
+    }
+}
+
+fn key(name: &str) -> LedgerKey {
+    LedgerKey::generate(name).unwrap()
+}
+
+/// Appends `total` entries in batches whose sizes cycle through `batches`.
+fn build(dir: &std::path::Path, total: u64, batches: &[u64]) -> (Ledger, Vec<Vec<u8>>) {
+    let mut ledger = Ledger::open(dir, key("test.example/palisade/n1")).unwrap();
+    let mut all = Vec::new();
+    let mut i = 0;
+    let mut b = 0;
+    while i < total {
+        let take = batches[b % batches.len()].min(total - i);
+        let batch: Vec<Vec<u8>> = (i..i + take).map(entry).collect();
+        let first = ledger.append(&batch).unwrap();
+        assert_eq!(first, i);
+        all.extend(batch);
+        i += take;
+        b += 1;
+        assert_eq!(ledger.root().0, naive_root(&all), "size {i}");
+    }
+    (ledger, all)
+}
+
+#[test]
+fn written_ledgers_verify_at_tile_boundaries_and_across_batches() {
+    for (total, batches) in [
+        (1u64, &[1u64][..]),
+        (255, &[1, 7, 30][..]),
+        (256, &[256][..]),
+        (257, &[100, 100, 57][..]),
+        (700, &[3, 250, 1, 64][..]),
+        (1100, &[511, 2, 300][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, all) = build(dir.path(), total, batches);
+        let verified = verify(dir.path(), ledger.verifier_key()).unwrap();
+        assert_eq!(verified.head.size, total);
+        assert_eq!(verified.head.root.0, naive_root(&all));
+        assert_eq!(verified.head.origin, "test.example/palisade/n1");
+        // Superseded partial tiles are gone; the current ones remain.
+        let last = total - (total % 256);
+        if total % 256 != 0 {
+            assert!(
+                dir.path()
+                    .join(layout::tile_path(None, last / 256, total % 256))
+                    .exists()
+            );
+        }
+    }
+}
+
+#[test]
+fn another_key_can_neither_open_nor_verify_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = build(dir.path(), 300, &[300]);
+    let vkey = ledger.verifier_key().to_owned();
+    let checkpoint = ledger.checkpoint().unwrap();
+    drop(ledger);
+    let impostor = key("test.example/palisade/n1");
+    let impostor_vkey = impostor.verifier_key().to_owned();
+    assert!(matches!(
+        Ledger::open(dir.path(), impostor),
+        Err(LedgerError::BadCheckpoint)
+    ));
+    assert!(verify(dir.path(), &impostor_vkey).is_err());
+    let (head, bytes) = read_checkpoint(dir.path(), &vkey).unwrap().unwrap();
+    assert_eq!(head.size, 300);
+    assert_eq!(bytes, checkpoint);
+}
+
+#[test]
+fn reopening_with_the_same_key_appends_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("ledger.key");
+    let ledger_dir = dir.path().join("ledger");
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for round in 0..4u64 {
+        let k = LedgerKey::load_or_create(&key_file, "test.example/palisade/n1").unwrap();
+        let mut ledger = Ledger::open(&ledger_dir, k).unwrap();
+        assert_eq!(ledger.size(), all.len() as u64);
+        let batch: Vec<Vec<u8>> = (0..97).map(|i| entry(round * 1000 + i)).collect();
+        ledger.append(&batch).unwrap();
+        all.extend(batch);
+        assert_eq!(ledger.root().0, naive_root(&all));
+    }
+    let k = LedgerKey::load(&key_file).unwrap();
+    verify(&ledger_dir, k.verifier_key()).unwrap();
+}
+
+fn flip_byte(path: &std::path::Path, at: usize) {
+    let mut data = std::fs::read(path).unwrap();
+    data[at] ^= 0x01;
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn tampering_with_an_entry_names_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = build(dir.path(), 600, &[600]);
+    // Bundle 1 holds entries 256..512; change a byte inside its 4th entry.
+    let bundle = dir.path().join(layout::tile_path(None, 1, 256));
+    let data = std::fs::read(&bundle).unwrap();
+    let entries = layout::decode_bundle(&data).unwrap();
+    let offset: usize = entries[..3].iter().map(|e| e.len() + 2).sum::<usize>() + 2 + 5;
+    flip_byte(&bundle, offset);
+    match verify(dir.path(), ledger.verifier_key()) {
+        Err(VerifyError::Mismatch { index, .. }) => assert_eq!(index, 259),
+        other => panic!("tampering not caught: {other:?}"),
+    }
+}
+
+#[test]
+fn tampering_with_a_hash_tile_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = build(dir.path(), 600, &[600]);
+    // Level-0 tile 0, the hash of entry 17.
+    flip_byte(
+        &dir.path().join(layout::tile_path(Some(0), 0, 256)),
+        17 * 32 + 3,
+    );
+    match verify(dir.path(), ledger.verifier_key()) {
+        Err(VerifyError::Mismatch { index, .. }) => assert_eq!(index, 17),
+        other => panic!("tampering not caught: {other:?}"),
+    }
+}
+
+#[test]
+fn a_removed_entry_or_forged_checkpoint_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = build(dir.path(), 40, &[40]);
+    let vkey = ledger.verifier_key().to_owned();
+
+    // Drop the last entry from the partial bundle.
+    let bundle = dir.path().join(layout::tile_path(None, 0, 40));
+    let data = std::fs::read(&bundle).unwrap();
+    let entries = layout::decode_bundle(&data).unwrap();
+    let shorter = layout::encode_bundle(entries[..39].iter().copied());
+    std::fs::write(&bundle, &shorter).unwrap();
+    assert!(matches!(
+        verify(dir.path(), &vkey),
+        Err(VerifyError::MalformedBundle {
+            bundle: 0,
+            index: 0
+        })
+    ));
+    std::fs::write(&bundle, &data).unwrap();
+    verify(dir.path(), &vkey).unwrap();
+
+    // Change the size in the checkpoint text: the signature no longer holds.
+    let cp = dir.path().join("checkpoint");
+    let text = std::fs::read_to_string(&cp).unwrap();
+    std::fs::write(&cp, text.replacen("\n40\n", "\n39\n", 1)).unwrap();
+    assert!(matches!(
+        verify(dir.path(), &vkey),
+        Err(VerifyError::Checkpoint(LedgerError::BadCheckpoint))
+    ));
+
+    // Another key's verifier refuses the genuine checkpoint.
+    std::fs::write(&cp, text).unwrap();
+    let other = key("test.example/palisade/n1");
+    assert!(verify(dir.path(), other.verifier_key()).is_err());
+}
+
+#[test]
+fn oversized_entries_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path(), key("test.example/palisade/n1")).unwrap();
+    let big = vec![b'x'; 70_000];
+    assert!(matches!(
+        ledger.append(&[big]),
+        Err(LedgerError::EntryTooLarge(70_000))
+    ));
+    assert_eq!(ledger.size(), 0);
+    assert!(!dir.path().join("checkpoint").exists());
+}
+
+/// Go's reference packages (golang.org/x/mod/sumdb/note and tlog) verify
+/// what we write: the checkpoint signature, every tile against the root,
+/// and an inclusion proof for every entry — and refuse a tampered copy.
+/// Needs `PALISADE_GO` (a Go toolchain with x/mod in its GOPATH), which
+/// scripts/test sets when it finds one.
+#[test]
+fn go_reference_packages_verify_our_ledger() {
+    let Ok(go) = std::env::var("PALISADE_GO") else {
+        eprintln!(
+            "SKIPPED go_reference_packages_verify_our_ledger: PALISADE_GO is not set (scripts/test sets it when Go and golang.org/x/mod are installed)"
+        );
+        return;
+    };
+    let gopath =
+        std::env::var("PALISADE_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".to_owned());
+    let program = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/interop/verify_ledger.go"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let binary = work.path().join("verify_ledger");
+    let build = std::process::Command::new(&go)
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(program)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", &gopath)
+        .env("GOCACHE", work.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    // Enough entries for partial tiles at levels 0, 1 and 2.
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, all) = build_ledger_for_interop(dir.path());
+    let run = |dir: &std::path::Path| {
+        std::process::Command::new(&binary)
+            .arg(dir)
+            .arg(ledger.verifier_key())
+            .output()
+            .unwrap()
+    };
+    let out = run(dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Go refused our ledger: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("OK {} ", all.len())),
+        "{stdout}"
+    );
+
+    // One flipped byte in an entry: Go's proof check fails.
+    let bundle = dir.path().join(layout::tile_path(None, 3, 256));
+    let mut data = std::fs::read(&bundle).unwrap();
+    data[40] ^= 1;
+    std::fs::write(&bundle, data).unwrap();
+    let out = run(dir.path());
+    assert!(!out.status.success(), "Go accepted a tampered ledger");
+}
+
+fn build_ledger_for_interop(dir: &std::path::Path) -> (Ledger, Vec<Vec<u8>>) {
+    let mut ledger = Ledger::open(dir, key("interop.example/palisade/n1")).unwrap();
+    let mut all = Vec::new();
+    for (start, len) in [(0u64, 65_600u64), (65_600, 1), (65_601, 300)] {
+        let batch: Vec<Vec<u8>> = (start..start + len).map(entry).collect();
+        ledger.append(&batch).unwrap();
+        all.extend(batch);
+    }
+    (ledger, all)
+}
