@@ -13,11 +13,14 @@
 //! This crate does file I/O only; it knows nothing of HTTP or SQL.
 
 pub mod canonical;
+pub mod journal;
 pub mod key;
 pub mod layout;
 pub mod log;
 pub mod verify;
+pub mod wal;
 
+pub use journal::{Durability, Journal, JournalConfig, JournalError, OpenError, Recovery};
 pub use key::{KeyError, LedgerKey};
 pub use log::{Ledger, LedgerError, TreeHead, read_checkpoint};
 pub use verify::{Verified, VerifyError, verify};

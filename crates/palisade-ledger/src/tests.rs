@@ -305,3 +305,127 @@ fn build_ledger_for_interop(dir: &std::path::Path) -> (Ledger, Vec<Vec<u8>>) {
     }
     (ledger, all)
 }
+
+mod journal {
+    use super::*;
+    use crate::wal::Wal;
+
+    fn config(durability: Durability) -> JournalConfig {
+        JournalConfig {
+            durability,
+            checkpoint_interval: Duration::from_millis(50),
+        }
+    }
+
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_get_contiguous_sequence_numbers_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, recovery) = Journal::open(
+            dir.path(),
+            key("test.example/palisade/n1"),
+            config(Durability::Strict),
+        )
+        .unwrap();
+        assert_eq!(recovery, Recovery::default());
+        let journal = std::sync::Arc::new(journal);
+        let mut tasks = Vec::new();
+        for i in 0..300u64 {
+            let j = std::sync::Arc::clone(&journal);
+            tasks.push(tokio::spawn(
+                async move { j.append(entry(i)).await.unwrap() },
+            ));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..300).collect::<Vec<_>>());
+        journal.submit(entry(999)).unwrap();
+        let checkpoint = journal.checkpoint().await.unwrap();
+        assert!(String::from_utf8_lossy(&checkpoint).contains("\n301\n"));
+        let verified = verify(dir.path(), journal.verifier_key()).unwrap();
+        assert_eq!(verified.head.size, 301);
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_journal, _) =
+            Journal::open(dir.path(), key("a.example/p/n"), config(Durability::Strict)).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path(), key("a.example/p/n"), config(Durability::Strict)),
+            Err(OpenError::Locked(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn entries_in_the_write_ahead_file_are_recovered_and_a_torn_tail_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("ledger.key");
+        let ledger_dir = dir.path().join("ledger");
+        let k = || LedgerKey::load_or_create(&key_file, "test.example/palisade/n1").unwrap();
+        {
+            let (journal, _) = Journal::open(&ledger_dir, k(), config(Durability::Strict)).unwrap();
+            for i in 0..10 {
+                journal.append(entry(i)).await.unwrap();
+            }
+            journal.checkpoint().await.unwrap();
+        }
+        // As if the process died after syncing entries 10..13 to the
+        // write-ahead file and midway through writing entry 13.
+        {
+            let (mut wal, _) = Wal::open(&ledger_dir.join("wal")).unwrap();
+            let e: Vec<Vec<u8>> = (10..13).map(entry).collect();
+            wal.write(&[(10, &e[0]), (11, &e[1]), (12, &e[2])]).unwrap();
+            wal.sync().unwrap();
+        }
+        let mut data = std::fs::read(ledger_dir.join("wal")).unwrap();
+        data.extend_from_slice(&13u64.to_le_bytes());
+        data.extend_from_slice(&[9, 9, 9]);
+        std::fs::write(ledger_dir.join("wal"), data).unwrap();
+
+        let (journal, recovery) =
+            Journal::open(&ledger_dir, k(), config(Durability::Strict)).unwrap();
+        assert_eq!(
+            recovery,
+            Recovery {
+                size: 13,
+                replayed: 3,
+                truncated_bytes: 11
+            }
+        );
+        assert_eq!(journal.append(entry(13)).await.unwrap(), 13);
+        journal.checkpoint().await.unwrap();
+        let all: Vec<Vec<u8>> = (0..14).map(entry).collect();
+        let verified = verify(&ledger_dir, journal.verifier_key()).unwrap();
+        assert_eq!(verified.head.root.0, naive_root(&all));
+    }
+
+    #[tokio::test]
+    async fn relaxed_durability_records_too_and_drop_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("test.example/palisade/n1");
+        let vkey = k.verifier_key().to_owned();
+        let (journal, _) = Journal::open(
+            dir.path(),
+            k,
+            JournalConfig {
+                durability: Durability::Relaxed,
+                checkpoint_interval: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        for i in 0..20 {
+            assert_eq!(journal.append(entry(i)).await.unwrap(), i);
+        }
+        assert!(matches!(
+            journal.submit(vec![0; 70_000]),
+            Err(JournalError::TooLarge(70_000))
+        ));
+        drop(journal);
+        assert_eq!(verify(dir.path(), &vkey).unwrap().head.size, 20);
+    }
+}
