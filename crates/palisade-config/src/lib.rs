@@ -38,8 +38,43 @@ pub const DEFAULT_CONFIG_PATH: &str = "palisade.toml";
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub ledger: LedgerConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
+}
+
+/// The audit ledger.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct LedgerConfig {
+    /// The log's origin line and signing-key name. Empty means
+    /// `<hostname>/palisade/<node-id>`, with a node id made once and kept in
+    /// the data directory.
+    pub origin: String,
+    pub durability: LedgerDurability,
+    /// How often entries go into tiles and a new signed checkpoint.
+    #[serde(with = "duration::serde_str")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            origin: String::new(),
+            durability: LedgerDurability::Strict,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerDurability {
+    /// A request waits until its `request.received` entry is on disk.
+    Strict,
+    /// Entries are synced at each checkpoint; a machine crash can lose up to
+    /// one `checkpoint_interval` of them.
+    Relaxed,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -276,6 +311,7 @@ impl Config {
                 ..ServerConfig::default()
             },
             log: LogConfig::default(),
+            ledger: LedgerConfig::default(),
             providers: Vec::new(),
             models: Vec::new(),
         }
@@ -390,6 +426,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
     let log = section::<LogConfig>(&mut table, "log", problems);
     let providers = section::<Vec<ProviderConfig>>(&mut table, "providers", problems);
     let models = section::<Vec<ModelConfig>>(&mut table, "models", problems);
+    let ledger = section::<LedgerConfig>(&mut table, "ledger", problems);
     for key in table.keys() {
         problems.push(Problem {
             path: key.clone(),
@@ -399,6 +436,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
     Some(Config {
         server: server?,
         log: log?,
+        ledger: ledger?,
         providers: providers?,
         models: models?,
     })
@@ -478,6 +516,29 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
     }
     if server.data_dir.as_os_str().is_empty() {
         push("server.data_dir".into(), "must not be empty".into());
+    }
+
+    let ledger = &config.ledger;
+    if !ledger.origin.is_empty()
+        && (ledger.origin.len() > 255
+            || ledger
+                .origin
+                .chars()
+                .any(|c| c.is_whitespace() || c == '+' || c.is_control()))
+    {
+        push(
+            "ledger.origin".into(),
+            "must be a single token without spaces or '+', e.g. gw.example.com/palisade/node-1"
+                .into(),
+        );
+    }
+    if ledger.checkpoint_interval.is_zero()
+        || ledger.checkpoint_interval > Duration::from_secs(3600)
+    {
+        push(
+            "ledger.checkpoint_interval".into(),
+            "must be between 1ms and 1h".into(),
+        );
     }
 
     let mut provider_names = HashSet::new();

@@ -186,3 +186,32 @@ fn join_path_formats_indices() {
         "providers[1].timeouts.idle"
     );
 }
+
+#[test]
+fn ledger_section_defaults_and_validation() {
+    let c = Config::from_toml("t", "", no_env()).unwrap();
+    assert_eq!(c.ledger.durability, LedgerDurability::Strict);
+    assert_eq!(
+        c.ledger.checkpoint_interval,
+        std::time::Duration::from_secs(1)
+    );
+    let c = Config::from_toml(
+        "t",
+        "[ledger]\norigin = \"gw.example.com/palisade/n1\"\ndurability = \"relaxed\"\ncheckpoint_interval = \"250ms\"\n",
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(c.ledger.origin, "gw.example.com/palisade/n1");
+    assert_eq!(c.ledger.durability, LedgerDurability::Relaxed);
+    let err = Config::from_toml(
+        "t",
+        "[ledger]\norigin = \"has space\"\ncheckpoint_interval = \"0s\"\n",
+        no_env(),
+    )
+    .unwrap_err();
+    let p = paths(&err);
+    assert!(
+        p.contains(&"ledger.origin") && p.contains(&"ledger.checkpoint_interval"),
+        "{err}"
+    );
+}

@@ -12,6 +12,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -89,11 +91,13 @@ enum Command {
         reply: Option<oneshot::Sender<Result<u64, JournalError>>>,
     },
     Checkpoint(oneshot::Sender<Result<Vec<u8>, JournalError>>),
+    Stop,
 }
 
 pub struct Journal {
     tx: Option<mpsc::Sender<Command>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
     verifier_key: String,
     origin: String,
     dir: PathBuf,
@@ -172,7 +176,8 @@ impl Journal {
         Ok((
             Self {
                 tx: Some(tx),
-                thread: Some(thread),
+                thread: Mutex::new(Some(thread)),
+                closed: AtomicBool::new(false),
                 verifier_key,
                 origin,
                 dir: dir.to_owned(),
@@ -202,6 +207,9 @@ impl Journal {
     ) -> Result<(), JournalError> {
         if entry.len() > MAX_ENTRY_BYTES {
             return Err(JournalError::TooLarge(entry.len()));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(JournalError::Stopped);
         }
         self.tx
             .as_ref()
@@ -235,13 +243,26 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Stops the writer after it has checkpointed everything queued; later
+    /// appends fail with [`JournalError::Stopped`]. Blocks until done.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Command::Stop);
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Drop for Journal {
     /// Stops the writer after it has checkpointed everything queued.
     fn drop(&mut self) {
         drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.close();
     }
 }
 
@@ -273,7 +294,10 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    self.handle(group);
+                    if self.handle(group) {
+                        let _ = self.checkpoint();
+                        return;
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -294,10 +318,12 @@ impl Writer {
         self.ledger.size() + self.pending.len() as u64
     }
 
-    fn handle(&mut self, group: Vec<Command>) {
+    /// Handles a group; `true` when it asked the writer to stop.
+    fn handle(&mut self, group: Vec<Command>) -> bool {
         let mut entries = Vec::new();
         let mut replies = Vec::new();
         let mut checkpoints = Vec::new();
+        let mut stop = false;
         for cmd in group {
             match cmd {
                 Command::Append { entry, reply } => {
@@ -305,6 +331,7 @@ impl Writer {
                     replies.push(reply);
                 }
                 Command::Checkpoint(reply) => checkpoints.push(reply),
+                Command::Stop => stop = true,
             }
         }
         if !entries.is_empty() {
@@ -346,6 +373,7 @@ impl Writer {
             });
             let _ = reply.send(result);
         }
+        stop
     }
 
     fn checkpoint(&mut self) -> Result<(), JournalError> {

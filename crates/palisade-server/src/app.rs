@@ -34,6 +34,7 @@ use palisade_store::Store;
 use tokio::net::TcpListener;
 
 use crate::access_log::{AccessLog, AccessRecord, AccessSink};
+use crate::audit::{Audit, Denied};
 use crate::auth::{AuthError, Authenticator};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{EndpointLabels, Metrics, RequestLabels};
@@ -42,6 +43,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::request_id::{self, RequestId};
 use crate::routes;
 use crate::state::AppState;
+use palisade_ledger::{Journal, Recovery};
 
 /// Paths served without a key.
 pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
@@ -52,6 +54,8 @@ pub enum BuildError {
     Config(#[from] palisade_config::ConfigError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("the audit ledger cannot record the start-up entries: {0}")]
+    Audit(#[from] palisade_ledger::JournalError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -81,6 +85,12 @@ pub struct Dependencies {
     pub store: Arc<dyn Store>,
     /// Where the access log's lines go.
     pub access_log: Arc<dyn AccessSink>,
+    /// The audit ledger's writer (see [`crate::audit::open_journal`]) and
+    /// what opening it recovered.
+    pub journal: Arc<Journal>,
+    pub recovery: Recovery,
+    /// See [`crate::audit::config_hash`].
+    pub config_hash: String,
 }
 
 /// A gateway bound to its listeners, ready to run.
@@ -109,12 +119,15 @@ impl Application {
         let proxy = bind(config.server.listen).await?;
         let admin = bind(config.server.admin_listen).await?;
         let access_log = AccessLog::new(deps.access_log, config.log.format);
+        let audit = Audit::new(deps.journal, deps.config_hash);
+        record_start(&audit, &config, &deps.recovery).await?;
         let state = AppState::new(
             config,
             registry,
             Authenticator::new(deps.store),
             access_log,
             metrics,
+            audit,
         );
         Ok(Self {
             proxy,
@@ -186,6 +199,9 @@ impl Application {
         for abort in aborts {
             abort.abort();
         }
+        // Everything queued goes into a final checkpoint.
+        let journal = Arc::clone(self.state.audit().journal());
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         result
     }
 }
@@ -204,6 +220,46 @@ async fn drain(
             Ok(())
         }
     }
+}
+
+/// `ledger.started` and `config.loaded`, before the listeners serve.
+async fn record_start(
+    audit: &Audit,
+    config: &Config,
+    recovery: &Recovery,
+) -> Result<(), palisade_ledger::JournalError> {
+    audit
+        .record(
+            "ledger.started",
+            serde_json::json!({
+                "size": recovery.size,
+                "replayed": recovery.replayed,
+                "truncated_bytes": recovery.truncated_bytes,
+                "version": env!("CARGO_PKG_VERSION"),
+            }),
+        )
+        .await?;
+    let providers: Vec<_> = config
+        .providers
+        .iter()
+        .map(|p| serde_json::json!({"name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url}))
+        .collect();
+    let models: Vec<_> = config
+        .models
+        .iter()
+        .map(|m| serde_json::json!({"name": m.name, "provider": m.provider, "upstream_model": m.upstream_model()}))
+        .collect();
+    audit
+        .record(
+            "config.loaded",
+            serde_json::json!({
+                "config_hash": audit.config_hash(),
+                "providers": providers,
+                "models": models,
+            }),
+        )
+        .await?;
+    Ok(())
 }
 
 /// The metrics label for a path: its endpoint, or a fixed word.
@@ -245,6 +301,29 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
         return resp;
     }
     let duration = started.elapsed();
+    let key_id = resp
+        .extensions()
+        .get::<KeyIdTag>()
+        .map(|k| k.0.as_str())
+        .unwrap_or_default();
+    let error = resp
+        .extensions()
+        .get::<ErrorKind>()
+        .map_or("", |k| k.label());
+    if status.as_u16() >= 400 {
+        state.audit().denied(&Denied {
+            request_id: request_id
+                .as_ref()
+                .map(RequestId::as_str)
+                .unwrap_or_default(),
+            reason: error,
+            status: status.as_u16(),
+            method: method.as_str(),
+            path: &path,
+            key_id,
+            source: peer,
+        });
+    }
     metrics
         .request_duration
         .get_or_create(&EndpointLabels { endpoint })
@@ -257,15 +336,8 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
         method: method.as_str(),
         path: &path,
         status: status.as_u16(),
-        error: resp
-            .extensions()
-            .get::<ErrorKind>()
-            .map_or("", |k| k.label()),
-        key_id: resp
-            .extensions()
-            .get::<KeyIdTag>()
-            .map(|k| k.0.as_str())
-            .unwrap_or_default(),
+        error,
+        key_id,
         peer,
         exchange: None,
         duration,

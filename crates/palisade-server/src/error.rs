@@ -36,6 +36,8 @@ pub enum ErrorKind {
     /// provider refused).
     UpstreamFailed,
     Unavailable,
+    /// The audit ledger cannot record; nothing was forwarded.
+    AuditUnavailable,
     Internal,
 }
 
@@ -55,6 +57,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamFailed => "upstream_failed",
             Self::Unavailable => "unavailable",
+            Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -70,7 +73,7 @@ impl ErrorKind {
             Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +93,7 @@ impl ErrorKind {
             Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamFailed => {
                 "upstream_error"
             }
-            Self::Unavailable | Self::Internal => "server_error",
+            Self::Unavailable | Self::AuditUnavailable | Self::Internal => "server_error",
         }
     }
 
@@ -109,6 +112,7 @@ impl ErrorKind {
             | Self::UpstreamFailed
             | Self::Internal => "api_error",
             Self::Unavailable => "overloaded_error",
+            Self::AuditUnavailable => "api_error",
         }
     }
 
@@ -123,6 +127,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => Some("upstream_timeout"),
             Self::UpstreamFailed => Some("upstream_failed"),
             Self::UpstreamRateLimited => Some("upstream_rate_limited"),
+            Self::AuditUnavailable => Some("audit_unavailable"),
             _ => None,
         }
     }

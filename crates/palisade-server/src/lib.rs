@@ -4,9 +4,11 @@
 
 pub mod access_log;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod error;
 mod health;
+mod ledger_http;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;

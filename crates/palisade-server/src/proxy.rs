@@ -16,6 +16,7 @@ use palisade_dialect::usage;
 use palisade_dialect::{Dialect, Endpoint};
 use serde_json::json;
 
+use crate::audit::Received;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorKind};
 use crate::registry::Provider;
@@ -130,6 +131,8 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
 
     // Ask for usage on every stream that would not report it otherwise.
     let force_usage = envelope.stream() && endpoint.usage_is_opt_in() && !envelope.include_usage();
+    let stream_requested = envelope.stream();
+    let body_len = body.len() as u64;
     let upstream_body = Bytes::from(envelope.rewrite(model.upstream_model(), force_usage));
     drop(envelope);
 
@@ -155,21 +158,54 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         &request_id,
     );
 
-    // From here on the exchange records its own end, however it ends.
     let provider_name = Arc::clone(provider.name());
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+
+    // The received entry is on record before anything leaves the gateway;
+    // a request that cannot be recorded is not forwarded.
+    let received_seq = state
+        .audit()
+        .received(&Received {
+            request_id: request_id.as_str(),
+            tenant: principal.tenant(),
+            app: principal.app(),
+            env: principal.env(),
+            key_id: principal.key_id().as_str(),
+            source: peer,
+            endpoint: endpoint.path(),
+            dialect: dialect.as_str(),
+            model: model.name(),
+            provider: &provider_name,
+            upstream_model: model.upstream_model(),
+            stream: stream_requested,
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(target: "palisade::audit", error = %e, "request refused: the audit ledger cannot record");
+            ApiError::new(
+                ErrorKind::AuditUnavailable,
+                dialect,
+                "the gateway cannot record this request in its audit ledger right now, so it was not forwarded",
+            )
+        })?;
+    let seq_header = HeaderValue::from(received_seq);
+
+    // From here on the exchange records its own end, however it ends.
     let mut completion = Completion::new(
         state.clone(),
         Exchange {
             request_id: request_id.as_str().to_owned(),
             key_id: principal.key_id().as_str().to_owned(),
-            peer: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
+            peer,
             endpoint,
             model: model.name().to_owned(),
             provider: Arc::clone(&provider_name),
             started,
+            received_seq,
+            bytes_in: body_len,
         },
     );
     let fail = |mut completion: Completion, err: UpstreamError| {
@@ -177,6 +213,9 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         completion.upstream_failed(&err, api.status().as_u16(), None);
         let mut response = api.into_response();
         response.extensions_mut().insert(DeferredCompletion);
+        response
+            .headers_mut()
+            .insert(X_AUDIT_SEQ.clone(), seq_header.clone());
         Ok(response)
     };
 
@@ -213,9 +252,11 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         }
         Ok(Ok(r)) => r,
     };
+    let upstream_latency = sent.elapsed();
     provider
         .upstream_duration()
-        .observe(sent.elapsed().as_secs_f64());
+        .observe(upstream_latency.as_secs_f64());
+    completion.upstream_latency(upstream_latency);
 
     let (head, upstream_body) = response.into_parts();
     if !head.status.is_success() {
@@ -263,8 +304,14 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     let mut response = response
         .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "cannot build the response"))?;
     response.extensions_mut().insert(DeferredCompletion);
+    response
+        .headers_mut()
+        .insert(X_AUDIT_SEQ.clone(), seq_header);
     Ok(response)
 }
+
+/// The sequence number of a forwarded request's `request.received` entry.
+pub static X_AUDIT_SEQ: HeaderName = HeaderName::from_static("x-palisade-audit-seq");
 
 fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(256).collect()

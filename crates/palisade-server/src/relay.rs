@@ -28,6 +28,7 @@ use palisade_dialect::{Dialect, Endpoint};
 use tokio::time::timeout_at;
 
 use crate::access_log::{AccessRecord, ExchangeFields};
+use crate::audit::Completed;
 use crate::error::ApiError;
 use crate::metrics::{EndpointLabels, TokenLabels, UpstreamErrorLabels};
 use crate::state::AppState;
@@ -64,6 +65,9 @@ pub struct Exchange {
     pub model: String,
     pub provider: Arc<str>,
     pub started: Instant,
+    /// The sequence number of the `request.received` entry.
+    pub received_seq: u64,
+    pub bytes_in: u64,
 }
 
 /// The status recorded for an exchange the client abandoned before an
@@ -81,6 +85,7 @@ pub struct Completion {
     status: u16,
     streaming: bool,
     bytes_out: u64,
+    upstream_latency: Option<Duration>,
     recorded: bool,
 }
 
@@ -92,6 +97,7 @@ impl Completion {
             status: CLIENT_CLOSED_REQUEST,
             streaming: false,
             bytes_out: 0,
+            upstream_latency: None,
             recorded: false,
         }
     }
@@ -103,6 +109,11 @@ impl Completion {
             self.streaming = true;
             self.state.metrics().open_streams.inc();
         }
+    }
+
+    /// Time from sending upstream to the response head.
+    pub fn upstream_latency(&mut self, d: Duration) {
+        self.upstream_latency = Some(d);
     }
 
     pub fn add_bytes_out(&mut self, n: usize) {
@@ -165,15 +176,30 @@ impl Completion {
                 .inc_by(u.completion_tokens);
         }
         let usage = usage.unwrap_or_default();
+        let error = match outcome {
+            Outcome::UpstreamFailed(k) => k,
+            _ => "",
+        };
+        self.state.audit().completed(&Completed {
+            request_id: &x.request_id,
+            received_seq: x.received_seq,
+            status: self.status,
+            outcome: outcome.label(),
+            error,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            latency_us: elapsed.as_micros() as u64,
+            upstream_latency_us: self.upstream_latency.map(|d| d.as_micros() as u64),
+            bytes_in: x.bytes_in,
+            bytes_out: self.bytes_out,
+            client_disconnected: outcome == Outcome::ClientDisconnected,
+        });
         self.state.access_log().record(&AccessRecord {
             request_id: &x.request_id,
             method: "POST",
             path: x.endpoint.path(),
             status: self.status,
-            error: match outcome {
-                Outcome::UpstreamFailed(k) => k,
-                _ => "",
-            },
+            error,
             key_id: &x.key_id,
             peer: x.peer,
             exchange: Some(ExchangeFields {

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::state::AppState;
-use crate::{app, health, proxy};
+use crate::{app, health, ledger_http, proxy};
 
 pub fn proxy() -> Router<AppState> {
     Router::new()
@@ -23,6 +23,8 @@ pub fn proxy() -> Router<AppState> {
 pub fn admin() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(health::metrics))
+        .route("/audit/checkpoint", get(ledger_http::checkpoint))
+        .route("/audit/tile/{*rest}", get(ledger_http::tile))
         .route("/healthz", get(health::healthz))
         .fallback(app::not_found)
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use palisade_config::Config;
 
 use crate::access_log::AccessLog;
+use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -22,6 +23,7 @@ struct Inner {
     auth: Authenticator,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
+    audit: Audit,
     draining: AtomicBool,
 }
 
@@ -32,6 +34,7 @@ impl AppState {
         auth: Authenticator,
         access_log: AccessLog,
         metrics: Arc<Metrics>,
+        audit: Audit,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -40,6 +43,7 @@ impl AppState {
                 auth,
                 metrics,
                 access_log,
+                audit,
                 draining: AtomicBool::new(false),
             }),
         }
@@ -59,6 +63,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.inner.audit
     }
 
     pub fn access_log(&self) -> &AccessLog {

@@ -36,8 +36,35 @@ pub enum Command {
     /// Manage gateway API keys (works on the data directory).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The audit ledger: print its verifier key, verify it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Run the deterministic mock provider (for tests and benchmarks).
     Mock(MockArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the ledger's verifier key (`name+keyid+base64`), for auditors.
+    Key {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Recompute every tile and the root from the entries and check the
+    /// checkpoint's signature; names the first bad entry on failure.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A ledger directory to verify instead of the data directory's
+        /// (for example a copy fetched from /audit/...).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// The verifier key to check against instead of the local one.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => crate::keys::run(cmd).await,
+        Command::Audit(cmd) => crate::audit::run(cmd),
         Command::Mock(args) => crate::serve::mock(args).await,
     }
 }

@@ -58,12 +58,21 @@ pub fn init(dir: &Path) -> anyhow::Result<()> {
         &data_dir.display().to_string().replace('\\', "/"),
     );
     // The starter must itself be a valid configuration.
-    palisade_config::Config::from_toml("starter", &text, Vec::new())?;
+    let config = palisade_config::Config::from_toml("starter", &text, Vec::new())?;
     SqliteStore::open_in(&data_dir)?;
+    let origin = palisade_server::audit::resolve_origin(&config)?;
+    let key = palisade_ledger::LedgerKey::load_or_create(
+        &palisade_server::audit::key_path(&data_dir),
+        &origin,
+    )?;
     std::fs::write(&config_path, text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     println!("wrote {}", config_path.display());
     println!("created {}", data_dir.display());
+    println!(
+        "ledger verifier key (give it to your auditors): {}",
+        key.verifier_key()
+    );
     println!();
     println!("next:");
     println!("  export OPENAI_API_KEY=...   # and/or ANTHROPIC_API_KEY");

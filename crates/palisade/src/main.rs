@@ -1,5 +1,6 @@
 //! The `palisade` command: parse arguments, load config, call the libraries.
 
+mod audit;
 mod cli;
 mod init;
 mod keys;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use palisade_config::{Config, LogFormat};
 use palisade_mock::{MockOptions, MockServer};
-use palisade_server::{Application, Dependencies};
+use palisade_server::{Application, Dependencies, audit};
 use palisade_store::{NewKey, SqliteStore, Store, unix_now};
 use serde_json::json;
 
@@ -24,11 +24,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         return demo(args.ready_file.as_deref(), env).await;
     }
-    let config = Config::load(&args.config, env)?;
+    let config = Config::load(&args.config, env.clone())?;
     let (sink, _log) = init_logging(&config);
+    let file_bytes = std::fs::read(&args.config).unwrap_or_default();
+    let (journal, recovery) = audit::open_journal(&config)?;
     let deps = Dependencies {
         store: Arc::new(SqliteStore::open_in(&config.server.data_dir)?),
         access_log: Arc::new(sink),
+        journal: Arc::new(journal),
+        recovery,
+        config_hash: audit::config_hash(&file_bytes, &env),
     };
     let app = Application::build(config, deps, &lookup).await?;
     announce(&app, args.ready_file.as_deref())?;
@@ -73,7 +78,7 @@ upstream_model = "palisade-demo-claude-1"
 "#,
         base = mock.base_url()
     );
-    let config = Config::from_toml("demo configuration", &text, env)?;
+    let config = Config::from_toml("demo configuration", &text, env.clone())?;
     let (sink, _log) = init_logging(&config);
     let store = SqliteStore::open_in(&config.server.data_dir)?;
     // One demo key at a time: earlier ones are revoked.
@@ -93,9 +98,13 @@ upstream_model = "palisade-demo-claude-1"
         )
         .await?;
     let lookup = |_: &str| None;
+    let (journal, recovery) = audit::open_journal(&config)?;
     let deps = Dependencies {
         store: Arc::new(store),
         access_log: Arc::new(sink),
+        journal: Arc::new(journal),
+        recovery,
+        config_hash: audit::config_hash(text.as_bytes(), &env),
     };
     let app = Application::build(config, deps, &lookup).await?;
     let proxy = app.proxy_addr();

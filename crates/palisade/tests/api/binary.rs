@@ -144,6 +144,23 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
         mock.last_request().unwrap().headers["authorization"],
         "Bearer local-secret"
     );
+    // Prompt text that must never reach the logs or the ledger.
+    let prompt = r#"{"model":"smol","messages":[{"role":"user","content":"PROMPT-MARKER-7f3a my SSN is 078-05-1120"}]}"#;
+    let (status, body) = post(&proxy, "/v1/chat/completions", &key, prompt).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        std::str::from_utf8(&mock.last_request().unwrap().body)
+            .unwrap()
+            .contains("PROMPT-MARKER-7f3a")
+    );
+    let (status, _) = post(
+        &proxy,
+        "/v1/chat/completions",
+        &key,
+        r#"{"model":"PROMPT-MARKER-7f3a""#,
+    )
+    .await;
+    assert_eq!(status, 400);
 
     let status = terminate(&mut child);
     assert!(status.success(), "exit status {status}");
@@ -163,6 +180,54 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
         !logs.contains("Hello from the Palisade"),
         "completion text in logs"
     );
+
+    // The ledger the server left behind verifies, and says what it holds.
+    let out = palisade(dir.path(), &["audit", "verify", "--json"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["ok"], true);
+    let dump = |n: u64| {
+        let data = std::fs::read(
+            dir.path()
+                .join(format!("data/ledger/tile/entries/000.p/{n}")),
+        )
+        .unwrap_or_default();
+        palisade_ledger::layout::decode_bundle(&data)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect::<Vec<_>>()
+    };
+    // started, config, then received + completed twice, then a denial.
+    assert_eq!(
+        report["size"],
+        7,
+        "{:?}",
+        dump(report["size"].as_u64().unwrap())
+    );
+    let entries = dump(7).join("\n");
+    assert!(
+        !entries.contains("PROMPT-MARKER") && !entries.contains("078-05"),
+        "prompt text in the ledger"
+    );
+    assert!(!entries.contains(&key), "key in the ledger");
+    let vkey = stdout(&palisade(dir.path(), &["audit", "key"]))
+        .trim()
+        .to_owned();
+    assert!(vkey.contains("/palisade/"), "{vkey}");
+
+    // Tampering with one entry is caught and located.
+    let bundle = dir.path().join("data/ledger/tile/entries/000.p/7");
+    let mut data = std::fs::read(&bundle).unwrap();
+    let at = data.len() - 10;
+    data[at] ^= 1;
+    std::fs::write(&bundle, data).unwrap();
+    let out = palisade(
+        dir.path(),
+        &["audit", "verify", "--ledger", "data/ledger", "--key", &vkey],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("entry 6"), "{}", stderr(&out));
     assert!(!logs.contains("local-secret"), "provider secret in logs");
 }
 

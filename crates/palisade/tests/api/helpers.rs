@@ -30,6 +30,8 @@ pub struct TestApp {
     pub dir: TempDir,
     /// The access log's lines.
     pub access: MemorySink,
+    /// The audit ledger's writer.
+    pub journal: Arc<palisade_ledger::Journal>,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -134,9 +136,15 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
         _ => None,
     };
     let access = MemorySink::default();
+    config.ledger.checkpoint_interval = Duration::from_millis(100);
+    let (journal, recovery) = palisade_server::audit::open_journal(&config).unwrap();
+    let journal = Arc::new(journal);
     let deps = Dependencies {
         store: Arc::new(store.clone()),
         access_log: Arc::new(access.clone()),
+        journal: Arc::clone(&journal),
+        recovery,
+        config_hash: "test-config".into(),
     };
     let app = Application::build(config, deps, &env).await.unwrap();
     let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
@@ -152,6 +160,7 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
         store,
         dir,
         access,
+        journal,
         client: Client::builder(TokioExecutor::new()).build_http(),
         shutdown: Some(tx),
         task: Some(task),
@@ -233,6 +242,27 @@ impl TestApp {
             body.to_owned(),
         )
         .await
+    }
+
+    /// Checkpoints the ledger and returns every entry in it, parsed.
+    pub async fn ledger_entries(&self) -> Vec<Value> {
+        self.journal.checkpoint().await.unwrap();
+        let dir = self.journal.dir();
+        let verified = palisade_ledger::verify(dir, self.journal.verifier_key()).unwrap();
+        let size = verified.head.size;
+        let mut out = Vec::new();
+        for b in 0..size.div_ceil(256) {
+            let width = (size - b * 256).min(256);
+            let data = palisade_ledger::layout::read_tile(dir, None, b, width, None).unwrap();
+            for e in palisade_ledger::layout::decode_bundle(&data)
+                .unwrap()
+                .into_iter()
+                .take(width as usize)
+            {
+                out.push(serde_json::from_slice(e).unwrap());
+            }
+        }
+        out
     }
 
     pub async fn metrics(&self) -> String {

@@ -6,6 +6,7 @@
 mod binary;
 mod errors;
 mod helpers;
+mod ledger;
 mod lifecycle;
 mod proxy;
 mod sdk;

@@ -165,9 +165,13 @@ async fn an_unusable_ca_file_stops_start_up() {
     p.ca_file = Some(bad);
     config.providers.push(p);
     let store = palisade_store::SqliteStore::open_in(&config.server.data_dir).unwrap();
+    let (journal, recovery) = palisade_server::audit::open_journal(&config).unwrap();
     let deps = palisade_server::Dependencies {
         store: Arc::new(store),
         access_log: Arc::new(palisade_server::access_log::MemorySink::default()),
+        journal: Arc::new(journal),
+        recovery,
+        config_hash: String::new(),
     };
     let err = palisade_server::Application::build(config, deps, &|_| None)
         .await

@@ -1,0 +1,304 @@
+//! What the gateway writes into the audit ledger, and when.
+//!
+//! Entries are canonical JSON objects with `schema: "palisade.audit/v1"`,
+//! a `kind`, the `time` and the `node` (the ledger's origin). They hold
+//! metadata only: never prompt or completion text, never key material.
+//!
+//! | kind | written |
+//! |---|---|
+//! | `ledger.started` | at start, with what crash recovery found |
+//! | `config.loaded` | at start: the config hash and what it declares |
+//! | `request.received` | after routing, **before** anything is sent upstream; the request waits for it (fail closed) |
+//! | `request.completed` | when the exchange ends, however it ends |
+//! | `request.denied` | for every refused request (bad key, bad input, unknown model, …) |
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use palisade_config::{Config, LedgerDurability};
+use palisade_ledger::canonical::to_canonical;
+use palisade_ledger::{Durability, Journal, JournalConfig, JournalError, LedgerKey, Recovery};
+use serde_json::{Value, json};
+
+pub const SCHEMA: &str = "palisade.audit/v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditOpenError {
+    #[error("cannot set up the ledger's node id in {path}: {source}")]
+    NodeId {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] palisade_ledger::KeyError),
+    #[error(
+        "the ledger key in {path} is for origin `{found}`, but the configured origin is `{configured}`; a new origin needs a new data directory"
+    )]
+    OriginChanged {
+        path: std::path::PathBuf,
+        found: String,
+        configured: String,
+    },
+    #[error(transparent)]
+    Journal(#[from] palisade_ledger::OpenError),
+}
+
+/// Where a data directory keeps its ledger.
+pub fn ledger_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("ledger")
+}
+
+/// Where a data directory keeps the ledger's private key (outside the
+/// ledger directory, whose contents are public).
+pub fn key_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("ledger.key")
+}
+
+/// The configured origin, or `<hostname>/palisade/<node-id>`.
+pub fn resolve_origin(config: &Config) -> Result<String, AuditOpenError> {
+    if !config.ledger.origin.is_empty() {
+        return Ok(config.ledger.origin.clone());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        .collect();
+    let host = if host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host
+    };
+    Ok(format!(
+        "{host}/palisade/{}",
+        node_id(&config.server.data_dir)?
+    ))
+}
+
+/// A short random id made once per data directory.
+fn node_id(data_dir: &Path) -> Result<String, AuditOpenError> {
+    let path = data_dir.join("node-id");
+    let fail = |source| AuditOpenError::NodeId {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Ok(id.to_owned());
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(fail)?;
+    let mut bytes = [0u8; 5];
+    getrandom::fill(&mut bytes).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, format!("{id}\n")).map_err(fail)?;
+    Ok(id)
+}
+
+/// Loads (or creates) the ledger key and opens the journal for `config`.
+pub fn open_journal(config: &Config) -> Result<(Journal, Recovery), AuditOpenError> {
+    let data_dir = &config.server.data_dir;
+    let origin = resolve_origin(config)?;
+    let key_file = key_path(data_dir);
+    let key = LedgerKey::load_or_create(&key_file, &origin)?;
+    if key.name() != origin {
+        return Err(AuditOpenError::OriginChanged {
+            path: key_file,
+            found: key.name().to_owned(),
+            configured: origin,
+        });
+    }
+    let journal_config = JournalConfig {
+        durability: match config.ledger.durability {
+            LedgerDurability::Strict => Durability::Strict,
+            LedgerDurability::Relaxed => Durability::Relaxed,
+        },
+        checkpoint_interval: config.ledger.checkpoint_interval,
+    };
+    Ok(Journal::open(&ledger_dir(data_dir), key, journal_config)?)
+}
+
+/// The gateway's writer of audit entries.
+pub struct Audit {
+    journal: Arc<Journal>,
+    config_hash: String,
+}
+
+/// A `request.received` entry's fields.
+pub struct Received<'a> {
+    pub request_id: &'a str,
+    pub tenant: &'a str,
+    pub app: &'a str,
+    pub env: &'a str,
+    pub key_id: &'a str,
+    pub source: Option<SocketAddr>,
+    pub endpoint: &'a str,
+    pub dialect: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub upstream_model: &'a str,
+    pub stream: bool,
+}
+
+/// A `request.completed` entry's fields.
+pub struct Completed<'a> {
+    pub request_id: &'a str,
+    pub received_seq: u64,
+    pub status: u16,
+    pub outcome: &'a str,
+    pub error: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub latency_us: u64,
+    pub upstream_latency_us: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub client_disconnected: bool,
+}
+
+/// A `request.denied` entry's fields.
+pub struct Denied<'a> {
+    pub request_id: &'a str,
+    pub reason: &'a str,
+    pub status: u16,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub key_id: &'a str,
+    pub source: Option<SocketAddr>,
+}
+
+fn time_now() -> String {
+    let mut buf = Vec::with_capacity(32);
+    crate::access_log::write_timestamp(&mut buf, SystemTime::now());
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+fn bounded(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+impl Audit {
+    pub fn new(journal: Arc<Journal>, config_hash: String) -> Self {
+        Self {
+            journal,
+            config_hash,
+        }
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    pub fn config_hash(&self) -> &str {
+        &self.config_hash
+    }
+
+    fn entry(&self, kind: &str, fields: Value) -> Vec<u8> {
+        let mut object = match fields {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        object.insert("schema".into(), json!(SCHEMA));
+        object.insert("kind".into(), json!(kind));
+        object.insert("time".into(), json!(time_now()));
+        object.insert("node".into(), json!(self.journal.origin()));
+        // Entries are built here from integers and strings only.
+        to_canonical(&Value::Object(object)).unwrap_or_default()
+    }
+
+    /// Records an entry and waits until it is recorded.
+    pub async fn record(&self, kind: &str, fields: Value) -> Result<u64, JournalError> {
+        self.journal.append(self.entry(kind, fields)).await
+    }
+
+    /// Queues an entry; it is written with the next group.
+    pub fn submit(&self, kind: &str, fields: Value) {
+        if let Err(e) = self.journal.submit(self.entry(kind, fields)) {
+            tracing::error!(target: "palisade::audit", kind, error = %e, "audit entry not recorded");
+        }
+    }
+
+    pub async fn received(&self, r: &Received<'_>) -> Result<u64, JournalError> {
+        self.record(
+            "request.received",
+            json!({
+                "request_id": r.request_id,
+                "tenant": r.tenant,
+                "app": r.app,
+                "env": r.env,
+                "key_id": r.key_id,
+                "source": r.source.map(|s| s.ip().to_string()),
+                "endpoint": r.endpoint,
+                "dialect": r.dialect,
+                "model": bounded(r.model, 256),
+                "provider": r.provider,
+                "upstream_model": bounded(r.upstream_model, 256),
+                "stream": r.stream,
+                "config_hash": self.config_hash,
+            }),
+        )
+        .await
+    }
+
+    pub fn completed(&self, c: &Completed<'_>) {
+        self.submit(
+            "request.completed",
+            json!({
+                "request_id": c.request_id,
+                "received_seq": c.received_seq,
+                "status": c.status,
+                "outcome": c.outcome,
+                "error": c.error,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "total_tokens": c.prompt_tokens + c.completion_tokens,
+                "latency_us": c.latency_us,
+                "upstream_latency_us": c.upstream_latency_us,
+                "bytes_in": c.bytes_in,
+                "bytes_out": c.bytes_out,
+                "client_disconnected": c.client_disconnected,
+            }),
+        );
+    }
+
+    pub fn denied(&self, d: &Denied<'_>) {
+        self.submit(
+            "request.denied",
+            json!({
+                "request_id": d.request_id,
+                "reason": d.reason,
+                "status": d.status,
+                "method": d.method,
+                "path": bounded(d.path, 200),
+                "key_id": d.key_id,
+                "source": d.source.map(|s| s.ip().to_string()),
+            }),
+        );
+    }
+}
+
+/// SHA-256 (hex) of the configuration source: the file's bytes and the
+/// `PALISADE__` overrides in force, sorted.
+pub fn config_hash(file_bytes: &[u8], env: &[(String, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(file_bytes);
+    let mut overrides: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(palisade_config::ENV_PREFIX))
+        .collect();
+    overrides.sort();
+    for (k, v) in overrides {
+        h.update(b"\n");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

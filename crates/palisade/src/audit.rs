@@ -1,0 +1,64 @@
+//! `palisade audit ...`: the ledger from the command line.
+
+use anyhow::{Context, bail};
+use palisade_ledger::LedgerKey;
+use palisade_server::audit::{key_path, ledger_dir};
+use serde_json::json;
+
+use crate::cli::AuditCommand;
+
+pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Key { store } => {
+            let path = key_path(&store.data_dir()?);
+            let key = LedgerKey::load(&path).with_context(
+                || "no ledger key yet: `palisade init` or the first `palisade serve` creates it",
+            )?;
+            println!("{}", key.verifier_key());
+            Ok(())
+        }
+        AuditCommand::Verify {
+            store,
+            ledger,
+            key,
+            json,
+        } => {
+            let (dir, vkey) = match (ledger, key) {
+                (Some(dir), Some(vkey)) => (dir, vkey),
+                (ledger, key) => {
+                    let data_dir = store.data_dir()?;
+                    let vkey = match key {
+                        Some(k) => k,
+                        None => LedgerKey::load(&key_path(&data_dir))?
+                            .verifier_key()
+                            .to_owned(),
+                    };
+                    (ledger.unwrap_or_else(|| ledger_dir(&data_dir)), vkey)
+                }
+            };
+            match palisade_ledger::verify(&dir, &vkey) {
+                Ok(v) => {
+                    if json {
+                        println!(
+                            "{}",
+                            json!({"ok": true, "origin": v.head.origin, "size": v.head.size,
+                                   "root": v.head.root.to_string(), "tiles_checked": v.tiles_checked})
+                        );
+                    } else {
+                        println!(
+                            "ok: {} entries, {} tiles, root {} signed by {}",
+                            v.head.size, v.tiles_checked, v.head.root, v.head.origin
+                        );
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    if json {
+                        println!("{}", json!({"ok": false, "error": e.to_string()}));
+                    }
+                    bail!("ledger verification failed: {e}")
+                }
+            }
+        }
+    }
+}
