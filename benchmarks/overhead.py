@@ -124,6 +124,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--log-level", default="info", help="the gateway's [log] level")
+    ap.add_argument("--durability", default="strict", choices=["strict", "relaxed"], help="the ledger's durability")
     ap.add_argument("--only", choices=["1", "32"], help="run one concurrency only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "overhead.json"))
     args = ap.parse_args()
@@ -150,6 +151,9 @@ data_dir = "{work / 'data'}"
 [log]
 level = "{args.log_level}"
 format = "json"
+
+[ledger]
+durability = "{args.durability}"
 
 [[providers]]
 name = "mock"
@@ -215,6 +219,7 @@ provider = "mock"
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
             "seconds_per_run": args.seconds,
             "rounds": args.rounds,
+            "ledger_durability": args.durability,
             "idle_rss_mib": idle_rss / 1024,
             "rss_after_load_mib": loaded_rss / 1024,
             "scenarios": results,
@@ -224,7 +229,7 @@ provider = "mock"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
 
-        print(f"machine: {report['machine']}; {args.rounds} rounds x {args.seconds}s per scenario, medians")
+        print(f"machine: {report['machine']}; {args.rounds} rounds x {args.seconds}s per scenario, medians; ledger durability {args.durability}")
         print(f"gateway RSS: idle {report['idle_rss_mib']:.1f} MiB, after load {report['rss_after_load_mib']:.1f} MiB")
         print("| concurrency | path | req/s | p50 ms | p90 ms | p99 ms |")
         print("|---|---|---|---|---|---|")

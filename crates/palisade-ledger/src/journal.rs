@@ -113,7 +113,7 @@ impl std::fmt::Debug for Journal {
 
 impl Journal {
     /// Opens the ledger in `dir` for writing, recovering from a crash if
-    /// needed, and starts the writer thread.
+    /// needed, and starts the writer and checkpointer threads.
     pub fn open(
         dir: &Path,
         key: LedgerKey,
@@ -132,45 +132,66 @@ impl Journal {
         let verifier_key = key.verifier_key().to_owned();
         let origin = key.name().to_owned();
         let mut ledger = Ledger::open(dir, key)?;
-        let wal_path = dir.join("wal");
-        let (mut wal, recovered) = Wal::open(&wal_path).map_err(io(&wal_path))?;
+
+        // Entries that reached a write-ahead segment but no checkpoint.
+        let segments = list_segments(dir).map_err(io(dir))?;
         let mut replay = Vec::new();
-        for (seq, entry) in recovered.frames {
-            if seq < ledger.size() {
-                continue;
+        let mut truncated_bytes = 0;
+        for (_, path) in &segments {
+            let (_, recovered) = Wal::open(path).map_err(io(path))?;
+            truncated_bytes += recovered.truncated_bytes;
+            for (seq, entry) in recovered.frames {
+                if seq < ledger.size() {
+                    continue;
+                }
+                let expected = ledger.size() + replay.len() as u64;
+                if seq != expected {
+                    return Err(OpenError::Gap {
+                        expected,
+                        found: seq,
+                    });
+                }
+                replay.push(entry);
             }
-            let expected = ledger.size() + replay.len() as u64;
-            if seq != expected {
-                return Err(OpenError::Gap {
-                    expected,
-                    found: seq,
-                });
-            }
-            replay.push(entry);
         }
         let replayed = replay.len() as u64;
         if !replay.is_empty() {
             ledger.append(&replay)?;
         }
-        wal.reset().map_err(io(&wal_path))?;
+        for (_, path) in &segments {
+            std::fs::remove_file(path).map_err(io(path))?;
+        }
         let recovery = Recovery {
             size: ledger.size(),
             replayed,
-            truncated_bytes: recovered.truncated_bytes,
+            truncated_bytes,
         };
 
+        let first = ledger.size();
+        let wal_path = segment_path(dir, first);
+        let (wal, _) = Wal::open(&wal_path).map_err(io(&wal_path))?;
+        let (to_checkpointer, batches) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("palisade-ledger-checkpoint".into())
+            .spawn(move || Checkpointer::new(ledger).run(&batches))
+            .map_err(io(dir))?;
         let (tx, rx) = mpsc::channel();
+        let writer_dir = dir.to_owned();
         let thread = std::thread::Builder::new()
             .name("palisade-ledger".into())
             .spawn(move || {
                 let _lock = lock;
                 Writer {
-                    ledger,
+                    dir: writer_dir,
                     wal,
+                    wal_path,
+                    next_seq: first,
+                    batch: Vec::new(),
                     config,
-                    pending: Vec::new(),
+                    to_checkpointer,
                 }
                 .run(&rx);
+                let _ = checkpointer.join();
             })
             .map_err(io(dir))?;
         Ok((
@@ -269,22 +290,62 @@ impl Drop for Journal {
 /// The most appends written and synced as one group.
 const MAX_GROUP: usize = 4096;
 
+/// Write-ahead segments are named after the sequence number of their first
+/// entry, so that they sort in order.
+pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("wal-{first_seq:020}"))
+}
+
+fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("wal-"))
+            .and_then(|n| n.parse().ok())
+        {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Work for the checkpointer: entries that are durable in `segment`, to be
+/// put into tiles and a checkpoint, after which the segment is deleted.
+enum Batch {
+    Entries {
+        entries: Vec<Vec<u8>>,
+        segment: Option<PathBuf>,
+        reply: Option<oneshot::Sender<Result<Vec<u8>, JournalError>>>,
+    },
+    Stop,
+}
+
+/// Owns the write-ahead file: numbers appends, writes and syncs them in
+/// groups. Never waits on tile or checkpoint writes, which run on the
+/// checkpointer's thread.
 struct Writer {
-    ledger: Ledger,
+    dir: PathBuf,
     wal: Wal,
+    wal_path: PathBuf,
+    next_seq: u64,
+    /// Entries in the current segment.
+    batch: Vec<Vec<u8>>,
     config: JournalConfig,
-    /// Entries in the write-ahead file, not yet in a checkpoint.
-    pending: Vec<Vec<u8>>,
+    to_checkpointer: mpsc::Sender<Batch>,
 }
 
 impl Writer {
     fn run(mut self, rx: &mpsc::Receiver<Command>) {
-        let mut last_checkpoint = Instant::now();
+        let mut last_rotation = Instant::now();
         loop {
             let wait = self
                 .config
                 .checkpoint_interval
-                .saturating_sub(last_checkpoint.elapsed());
+                .saturating_sub(last_rotation.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut group = vec![first];
@@ -295,27 +356,19 @@ impl Writer {
                         }
                     }
                     if self.handle(group) {
-                        let _ = self.checkpoint();
-                        return;
+                        break;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.checkpoint();
-                    return;
-                }
+                Err(RecvTimeoutError::Disconnected) => break,
             }
-            if last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-                // A failure leaves the entries in the write-ahead file; the
-                // next interval tries again.
-                let _ = self.checkpoint();
-                last_checkpoint = Instant::now();
+            if last_rotation.elapsed() >= self.config.checkpoint_interval {
+                self.rotate(None);
+                last_rotation = Instant::now();
             }
         }
-    }
-
-    fn next_seq(&self) -> u64 {
-        self.ledger.size() + self.pending.len() as u64
+        self.rotate(None);
+        let _ = self.to_checkpointer.send(Batch::Stop);
     }
 
     /// Handles a group; `true` when it asked the writer to stop.
@@ -335,7 +388,7 @@ impl Writer {
             }
         }
         if !entries.is_empty() {
-            let first = self.next_seq();
+            let first = self.next_seq;
             let frames: Vec<(u64, &[u8])> = entries
                 .iter()
                 .enumerate()
@@ -350,7 +403,8 @@ impl Writer {
                 });
             match written {
                 Ok(()) => {
-                    self.pending.extend(entries);
+                    self.next_seq += entries.len() as u64;
+                    self.batch.extend(entries);
                     for (i, reply) in replies.into_iter().enumerate() {
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(first + i as u64));
@@ -366,26 +420,96 @@ impl Writer {
             }
         }
         for reply in checkpoints {
-            let result = self.checkpoint().and_then(|()| {
-                self.ledger
-                    .checkpoint()
-                    .map_err(|e| JournalError::Write(e.to_string()))
-            });
-            let _ = reply.send(result);
+            self.rotate(Some(reply));
         }
         stop
     }
 
-    fn checkpoint(&mut self) -> Result<(), JournalError> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Closes the current segment and hands its entries to the
+    /// checkpointer. `reply` is answered with the resulting checkpoint.
+    fn rotate(&mut self, reply: Option<oneshot::Sender<Result<Vec<u8>, JournalError>>>) {
+        if self.batch.is_empty() {
+            if let Some(reply) = reply {
+                let _ = self.to_checkpointer.send(Batch::Entries {
+                    entries: Vec::new(),
+                    segment: None,
+                    reply: Some(reply),
+                });
+            }
+            return;
         }
+        let fail = |reply: Option<oneshot::Sender<_>>, e: std::io::Error| {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(JournalError::Write(e.to_string())));
+            }
+        };
+        if self.config.durability == Durability::Relaxed
+            && let Err(e) = self.wal.sync()
+        {
+            return fail(reply, e);
+        }
+        let next_path = segment_path(&self.dir, self.next_seq);
+        let next = match Wal::open(&next_path) {
+            Ok((wal, _)) => wal,
+            // Keep appending to this segment; the next rotation retries.
+            Err(e) => return fail(reply, e),
+        };
+        let old_path = std::mem::replace(&mut self.wal_path, next_path);
+        self.wal = next;
+        let _ = self.to_checkpointer.send(Batch::Entries {
+            entries: std::mem::take(&mut self.batch),
+            segment: Some(old_path),
+            reply,
+        });
+    }
+}
+
+/// Owns the tiles and checkpoints: puts durable entries into them, then
+/// deletes the write-ahead segments they came from. A failure keeps the
+/// entries and segments and tries again with the next batch.
+struct Checkpointer {
+    ledger: Ledger,
+    pending: Vec<Vec<u8>>,
+    segments: Vec<PathBuf>,
+}
+
+impl Checkpointer {
+    fn new(ledger: Ledger) -> Self {
+        Self {
+            ledger,
+            pending: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
+    fn run(mut self, rx: &mpsc::Receiver<Batch>) {
+        while let Ok(Batch::Entries {
+            entries,
+            segment,
+            reply,
+        }) = rx.recv()
+        {
+            self.pending.extend(entries);
+            self.segments.extend(segment);
+            let result = self.checkpoint();
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<Vec<u8>, JournalError> {
         let fail = |e: &dyn std::fmt::Display| JournalError::Write(e.to_string());
-        if self.config.durability == Durability::Relaxed {
-            self.wal.sync().map_err(|e| fail(&e))?;
+        if !self.pending.is_empty() {
+            self.ledger.append(&self.pending).map_err(|e| fail(&e))?;
+            self.pending.clear();
         }
-        self.ledger.append(&self.pending).map_err(|e| fail(&e))?;
-        self.pending.clear();
-        self.wal.reset().map_err(|e| fail(&e))
+        for segment in self.segments.drain(..) {
+            let _ = std::fs::remove_file(segment);
+        }
+        if self.ledger.size() == 0 {
+            return Ok(Vec::new());
+        }
+        self.ledger.checkpoint().map_err(|e| fail(&e))
     }
 }

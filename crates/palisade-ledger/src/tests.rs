@@ -377,15 +377,16 @@ mod journal {
         // As if the process died after syncing entries 10..13 to the
         // write-ahead file and midway through writing entry 13.
         {
-            let (mut wal, _) = Wal::open(&ledger_dir.join("wal")).unwrap();
+            let (mut wal, _) = Wal::open(&crate::journal::segment_path(&ledger_dir, 10)).unwrap();
             let e: Vec<Vec<u8>> = (10..13).map(entry).collect();
             wal.write(&[(10, &e[0]), (11, &e[1]), (12, &e[2])]).unwrap();
             wal.sync().unwrap();
         }
-        let mut data = std::fs::read(ledger_dir.join("wal")).unwrap();
+        let segment = crate::journal::segment_path(&ledger_dir, 10);
+        let mut data = std::fs::read(&segment).unwrap();
         data.extend_from_slice(&13u64.to_le_bytes());
         data.extend_from_slice(&[9, 9, 9]);
-        std::fs::write(ledger_dir.join("wal"), data).unwrap();
+        std::fs::write(&segment, data).unwrap();
 
         let (journal, recovery) =
             Journal::open(&ledger_dir, k(), config(Durability::Strict)).unwrap();
@@ -399,6 +400,13 @@ mod journal {
         );
         assert_eq!(journal.append(entry(13)).await.unwrap(), 13);
         journal.checkpoint().await.unwrap();
+        // Checkpointed segments are gone; only the current one remains.
+        let segments: Vec<_> = std::fs::read_dir(&ledger_dir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|n| n.starts_with("wal-"))
+            .collect();
+        assert_eq!(segments, vec![format!("wal-{:020}", 14)]);
         let all: Vec<Vec<u8>> = (0..14).map(entry).collect();
         let verified = verify(&ledger_dir, journal.verifier_key()).unwrap();
         assert_eq!(verified.head.root.0, naive_root(&all));
