@@ -4,8 +4,11 @@
 // signed root, and an inclusion proof for every entry.
 //
 //	go run verify_ledger.go <ledger-dir> <verifier-key>
+//	go run verify_ledger.go -proof <file.tlog-proof> <verifier-key>
 //
-// Prints "OK <size> <root>" and exits 0 when everything holds.
+// Prints "OK <size> <root>" (or "OK index <n>" for a proof) and exits 0
+// when everything holds. A proof is a C2SP tlog-proof whose extra line
+// carries the entry itself.
 package main
 
 import (
@@ -98,9 +101,71 @@ func fail(format string, args ...any) {
 	os.Exit(1)
 }
 
+// checkProof verifies a C2SP tlog-proof: its checkpoint's signature and the
+// RFC 6962 inclusion of the entry carried in its extra line.
+func checkProof(path, vkey string) {
+	verifier, err := note.NewVerifier(vkey)
+	if err != nil {
+		fail("verifier key: %v", err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		fail("proof: %v", err)
+	}
+	head, checkpoint, ok := strings.Cut(string(data), "\n\n")
+	if !ok {
+		fail("proof: no blank line")
+	}
+	lines := strings.Split(head, "\n")
+	if len(lines) < 3 || lines[0] != "c2sp.org/tlog-proof@v1" || !strings.HasPrefix(lines[1], "extra ") || !strings.HasPrefix(lines[2], "index ") {
+		fail("proof: bad header")
+	}
+	entry, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(lines[1], "extra "))
+	if err != nil {
+		fail("proof: extra: %v", err)
+	}
+	index, err := strconv.ParseInt(strings.TrimPrefix(lines[2], "index "), 10, 64)
+	if err != nil {
+		fail("proof: index: %v", err)
+	}
+	var audit tlog.RecordProof
+	for _, l := range lines[3:] {
+		b, err := base64.StdEncoding.DecodeString(l)
+		if err != nil || len(b) != tlog.HashSize {
+			fail("proof: bad hash line")
+		}
+		var h tlog.Hash
+		copy(h[:], b)
+		audit = append(audit, h)
+	}
+	n, err := note.Open([]byte(checkpoint), note.VerifierList(verifier))
+	if err != nil {
+		fail("proof checkpoint signature: %v", err)
+	}
+	cp := strings.Split(n.Text, "\n")
+	size, err := strconv.ParseInt(cp[1], 10, 64)
+	if err != nil {
+		fail("proof checkpoint size: %v", err)
+	}
+	rootBytes, err := base64.StdEncoding.DecodeString(cp[2])
+	if err != nil || len(rootBytes) != tlog.HashSize {
+		fail("proof checkpoint root")
+	}
+	var root tlog.Hash
+	copy(root[:], rootBytes)
+	if err := tlog.CheckRecord(audit, size, root, index, tlog.RecordHash(entry)); err != nil {
+		fail("inclusion: %v", err)
+	}
+	fmt.Printf("OK index %d\n", index)
+}
+
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == "-proof" {
+		checkProof(os.Args[2], os.Args[3])
+		return
+	}
 	if len(os.Args) != 3 {
-		fail("usage: verify_ledger <ledger-dir> <verifier-key>")
+		fail("usage: verify_ledger <ledger-dir> <verifier-key> | -proof <file> <verifier-key>")
 	}
 	dir, vkey := os.Args[1], os.Args[2]
 	verifier, err := note.NewVerifier(vkey)

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod key;
 pub mod layout;
 pub mod log;
+pub mod proof;
 pub mod verify;
 pub mod wal;
 

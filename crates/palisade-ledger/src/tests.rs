@@ -286,6 +286,40 @@ fn go_reference_packages_verify_our_ledger() {
         "{stdout}"
     );
 
+    // Go checks our C2SP tlog-proof files too, and refuses a doctored one.
+    for index in [0u64, 65_535, 65_600, 65_900] {
+        let text = crate::proof::prove(dir.path(), ledger.verifier_key(), index).unwrap();
+        let file = work.path().join(format!("{index}.tlog-proof"));
+        std::fs::write(&file, &text).unwrap();
+        let out = std::process::Command::new(&binary)
+            .arg("-proof")
+            .arg(&file)
+            .arg(ledger.verifier_key())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "Go refused proof {index}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("OK index {index}")
+        );
+        let doctored = text.replace(
+            &format!("index {index}\n"),
+            &format!("index {}\n", index + 1),
+        );
+        std::fs::write(&file, doctored).unwrap();
+        let out = std::process::Command::new(&binary)
+            .arg("-proof")
+            .arg(&file)
+            .arg(ledger.verifier_key())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "Go accepted a doctored proof");
+    }
+
     // One flipped byte in an entry: Go's proof check fails.
     let bundle = dir.path().join(layout::tile_path(None, 3, 256));
     let mut data = std::fs::read(&bundle).unwrap();
@@ -435,5 +469,60 @@ mod journal {
         ));
         drop(journal);
         assert_eq!(verify(dir.path(), &vkey).unwrap().head.size, 20);
+    }
+}
+
+mod proofs {
+    use super::*;
+    use crate::proof::{self, ProofError};
+
+    #[test]
+    fn proofs_check_for_every_kind_of_position_and_tampering_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, all) = build(dir.path(), 700, &[300, 400]);
+        let vkey = ledger.verifier_key().to_owned();
+        for index in [0u64, 1, 255, 256, 511, 512, 698, 699] {
+            let text = proof::prove(dir.path(), &vkey, index).unwrap();
+            assert!(text.starts_with("c2sp.org/tlog-proof@v1\nextra "), "{text}");
+            let proven = proof::check(&text, &vkey).unwrap();
+            assert_eq!(proven.index, index);
+            assert_eq!(proven.size, 700);
+            assert_eq!(proven.entry, all[index as usize]);
+        }
+        assert!(matches!(
+            proof::prove(dir.path(), &vkey, 700),
+            Err(ProofError::OutOfRange {
+                index: 700,
+                size: 700
+            })
+        ));
+
+        let text = proof::prove(dir.path(), &vkey, 300).unwrap();
+        // Another index.
+        let moved = text.replace("index 300\n", "index 301\n");
+        assert!(matches!(
+            proof::check(&moved, &vkey),
+            Err(ProofError::Invalid)
+        ));
+        // Another entry.
+        let other = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &all[301]);
+        let extra_line = text.lines().nth(1).unwrap();
+        let swapped = text.replace(extra_line, &format!("extra {other}"));
+        assert!(matches!(
+            proof::check(&swapped, &vkey),
+            Err(ProofError::Invalid)
+        ));
+        // A changed audit-path hash.
+        let hash_line = text.lines().nth(3).unwrap();
+        let mut bad = hash_line.to_owned().into_bytes();
+        bad[0] = if bad[0] == b'A' { b'B' } else { b'A' };
+        let broken = text.replace(hash_line, std::str::from_utf8(&bad).unwrap());
+        assert!(proof::check(&broken, &vkey).is_err());
+        // Another key.
+        let impostor = key("test.example/palisade/n1");
+        assert!(matches!(
+            proof::check(&text, impostor.verifier_key()),
+            Err(ProofError::Signature)
+        ));
     }
 }

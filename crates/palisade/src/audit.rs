@@ -17,6 +17,33 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             println!("{}", key.verifier_key());
             Ok(())
         }
+        AuditCommand::Prove { seq, store, out } => {
+            let data_dir = store.data_dir()?;
+            let vkey = LedgerKey::load(&key_path(&data_dir))?
+                .verifier_key()
+                .to_owned();
+            let proof = palisade_ledger::proof::prove(&ledger_dir(&data_dir), &vkey, seq)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, proof)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+                None => print!("{proof}"),
+            }
+            Ok(())
+        }
+        AuditCommand::CheckProof { file, key } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let proven = palisade_ledger::proof::check(&text, &key)?;
+            println!(
+                "ok: entry {} is in {} (size {})",
+                proven.index, proven.origin, proven.size
+            );
+            println!("{}", String::from_utf8_lossy(&proven.entry));
+            Ok(())
+        }
         AuditCommand::Verify {
             store,
             ledger,

@@ -50,6 +50,22 @@ pub enum AuditCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Write a C2SP tlog-proof that entry SEQ is in the ledger under the
+    /// current checkpoint (self-contained: it carries the entry).
+    Prove {
+        seq: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Write the proof here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a tlog-proof file against a verifier key and print the entry.
+    CheckProof {
+        file: PathBuf,
+        #[arg(long)]
+        key: String,
+    },
     /// Recompute every tile and the root from the entries and check the
     /// checkpoint's signature; names the first bad entry on failure.
     Verify {

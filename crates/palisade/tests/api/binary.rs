@@ -216,6 +216,23 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
         .to_owned();
     assert!(vkey.contains("/palisade/"), "{vkey}");
 
+    // A proof for the first request's received entry checks out.
+    let out = palisade(
+        dir.path(),
+        &["audit", "prove", "2", "--out", "seq2.tlog-proof"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = palisade(
+        dir.path(),
+        &["audit", "check-proof", "seq2.tlog-proof", "--key", &vkey],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"kind\":\"request.received\""),
+        "{}",
+        stdout(&out)
+    );
+
     // Tampering with one entry is caught and located.
     let bundle = dir.path().join("data/ledger/tile/entries/000.p/7");
     let mut data = std::fs::read(&bundle).unwrap();
