@@ -24,7 +24,7 @@ pub mod wal;
 pub use journal::{Durability, Journal, JournalConfig, JournalError, OpenError, Recovery};
 pub use key::{KeyError, LedgerKey};
 pub use log::{Ledger, LedgerError, TreeHead, read_checkpoint};
-pub use verify::{Verified, VerifyError, verify};
+pub use verify::{Verified, VerifyError, verify, verify_since};
 
 #[cfg(test)]
 mod tests;

@@ -526,3 +526,55 @@ mod proofs {
         ));
     }
 }
+
+#[test]
+fn earlier_checkpoints_must_be_prefixes_of_the_current_log() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("ledger.key");
+    let k = LedgerKey::load_or_create(&key_file, "test.example/palisade/n1").unwrap();
+    let vkey = k.verifier_key().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path(), k).unwrap();
+    ledger
+        .append(&(0..300).map(entry).collect::<Vec<_>>())
+        .unwrap();
+    let at_300 = ledger.checkpoint().unwrap();
+    ledger
+        .append(&(300..420).map(entry).collect::<Vec<_>>())
+        .unwrap();
+    let at_420 = ledger.checkpoint().unwrap();
+    assert_eq!(
+        verify_since(dir.path(), &vkey, Some(&at_300))
+            .unwrap()
+            .head
+            .size,
+        420
+    );
+    verify_since(dir.path(), &vkey, Some(&at_420)).unwrap();
+
+    // The operator, holding the same key, rebuilds the log with entry 7
+    // changed. It verifies on its own — but not against the checkpoint an
+    // auditor saved earlier.
+    let forged = tempfile::tempdir().unwrap();
+    let mut entries: Vec<Vec<u8>> = (0..420).map(entry).collect();
+    entries[7] = b"{\"rewritten\":true}".to_vec();
+    let mut rewritten = Ledger::open(forged.path(), LedgerKey::load(&key_file).unwrap()).unwrap();
+    rewritten.append(&entries).unwrap();
+    verify(forged.path(), &vkey).unwrap();
+    assert!(matches!(
+        verify_since(forged.path(), &vkey, Some(&at_300)),
+        Err(VerifyError::Inconsistent {
+            size: 300,
+            current: 420
+        })
+    ));
+    // A checkpoint from another key is refused as evidence.
+    let other = key("test.example/palisade/n1");
+    let stranger = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(stranger.path(), other).unwrap();
+    l.append(&[entry(0)]).unwrap();
+    assert!(matches!(
+        verify_since(dir.path(), &vkey, Some(&l.checkpoint().unwrap())),
+        Err(VerifyError::EarlierCheckpoint)
+    ));
+}

@@ -26,6 +26,12 @@ pub enum VerifyError {
     Mismatch { index: u64, path: String },
     #[error("the recomputed root does not match the signed checkpoint")]
     RootMismatch,
+    #[error(
+        "the earlier checkpoint (size {size}) is not a prefix of the current log (size {current}): the log was rewritten"
+    )]
+    Inconsistent { size: u64, current: u64 },
+    #[error("the earlier checkpoint is malformed or not signed by this key")]
+    EarlierCheckpoint,
     #[error("tile arithmetic failed: {0}")]
     Math(#[from] tlog_tiles::Error),
 }
@@ -56,7 +62,21 @@ impl HashReader for Hashes {
 
 /// Verifies the ledger in `dir` against the auditor's `verifier_key`.
 pub fn verify(dir: &Path, verifier_key: &str) -> Result<Verified, VerifyError> {
+    verify_since(dir, verifier_key, None)
+}
+
+/// Like [`verify`], and also checks that `earlier` — a checkpoint saved
+/// from this log before — describes a prefix of the current tree: same
+/// origin, no larger, and the root of the first `size` entries.
+pub fn verify_since(
+    dir: &Path,
+    verifier_key: &str,
+    earlier: Option<&[u8]>,
+) -> Result<Verified, VerifyError> {
     let (head, _) = read_checkpoint(dir, verifier_key)?.ok_or(VerifyError::NoCheckpoint)?;
+    let earlier = earlier
+        .map(|bytes| parse_signed(bytes, verifier_key))
+        .transpose()?;
     let size = head.size;
 
     let mut hashes = Hashes(Vec::with_capacity(
@@ -119,8 +139,39 @@ pub fn verify(dir: &Path, verifier_key: &str) -> Result<Verified, VerifyError> {
     if root != head.root {
         return Err(VerifyError::RootMismatch);
     }
+    if let Some(old) = earlier {
+        if old.origin != head.origin || old.size > size {
+            return Err(VerifyError::Inconsistent {
+                size: old.size,
+                current: size,
+            });
+        }
+        if tlog_tiles::tree_hash(old.size, &hashes)? != old.root {
+            return Err(VerifyError::Inconsistent {
+                size: old.size,
+                current: size,
+            });
+        }
+    }
     Ok(Verified {
         head,
         tiles_checked: tiles.len(),
+    })
+}
+
+/// A signed checkpoint's tree head, checked against `verifier_key`.
+fn parse_signed(bytes: &[u8], verifier_key: &str) -> Result<TreeHead, VerifyError> {
+    use signed_note::{Note, StandardVerifier, VerifierList};
+    let verifier =
+        StandardVerifier::new(verifier_key).map_err(|_| VerifyError::EarlierCheckpoint)?;
+    let note = Note::from_bytes(bytes).map_err(|_| VerifyError::EarlierCheckpoint)?;
+    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|_| VerifyError::EarlierCheckpoint)?;
+    let cp = tlog_tiles::Checkpoint::from_bytes(note.text())
+        .map_err(|_| VerifyError::EarlierCheckpoint)?;
+    Ok(TreeHead {
+        origin: cp.origin().to_owned(),
+        size: cp.size(),
+        root: *cp.hash(),
     })
 }

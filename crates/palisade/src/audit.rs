@@ -48,8 +48,12 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             store,
             ledger,
             key,
+            since,
             json,
         } => {
+            let earlier = since
+                .map(|p| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display())))
+                .transpose()?;
             let (dir, vkey) = match (ledger, key) {
                 (Some(dir), Some(vkey)) => (dir, vkey),
                 (ledger, key) => {
@@ -63,7 +67,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                     (ledger.unwrap_or_else(|| ledger_dir(&data_dir)), vkey)
                 }
             };
-            match palisade_ledger::verify(&dir, &vkey) {
+            match palisade_ledger::verify_since(&dir, &vkey, earlier.as_deref()) {
                 Ok(v) => {
                     if json {
                         println!(

@@ -78,6 +78,10 @@ pub enum AuditCommand {
         /// The verifier key to check against instead of the local one.
         #[arg(long)]
         key: Option<String>,
+        /// A checkpoint saved earlier from this log: check that the current
+        /// log extends it (nothing before it was rewritten).
+        #[arg(long)]
+        since: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -216,6 +216,13 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
         .to_owned();
     assert!(vkey.contains("/palisade/"), "{vkey}");
 
+    // The checkpoint left behind is a valid "earlier" checkpoint for itself.
+    let out = palisade(
+        dir.path(),
+        &["audit", "verify", "--since", "data/ledger/checkpoint"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // A proof for the first request's received entry checks out.
     let out = palisade(
         dir.path(),
