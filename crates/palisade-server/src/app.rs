@@ -120,7 +120,7 @@ impl Application {
         let admin = bind(config.server.admin_listen).await?;
         let access_log = AccessLog::new(deps.access_log, config.log.format);
         let audit = Audit::new(deps.journal, deps.config_hash);
-        record_start(&audit, &config, &deps.recovery).await?;
+        audit.record_start(&config, &deps.recovery).await?;
         let state = AppState::new(
             config,
             registry,
@@ -220,46 +220,6 @@ async fn drain(
             Ok(())
         }
     }
-}
-
-/// `ledger.started` and `config.loaded`, before the listeners serve.
-async fn record_start(
-    audit: &Audit,
-    config: &Config,
-    recovery: &Recovery,
-) -> Result<(), palisade_ledger::JournalError> {
-    audit
-        .record(
-            "ledger.started",
-            serde_json::json!({
-                "size": recovery.size,
-                "replayed": recovery.replayed,
-                "truncated_bytes": recovery.truncated_bytes,
-                "version": env!("CARGO_PKG_VERSION"),
-            }),
-        )
-        .await?;
-    let providers: Vec<_> = config
-        .providers
-        .iter()
-        .map(|p| serde_json::json!({"name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url}))
-        .collect();
-    let models: Vec<_> = config
-        .models
-        .iter()
-        .map(|m| serde_json::json!({"name": m.name, "provider": m.provider, "upstream_model": m.upstream_model()}))
-        .collect();
-    audit
-        .record(
-            "config.loaded",
-            serde_json::json!({
-                "config_hash": audit.config_hash(),
-                "providers": providers,
-                "models": models,
-            }),
-        )
-        .await?;
-    Ok(())
 }
 
 /// The metrics label for a path: its endpoint, or a fixed word.

@@ -224,6 +224,49 @@ impl Audit {
         }
     }
 
+    /// `ledger.started`, `ledger.recovered` when crash recovery found
+    /// anything, and `config.loaded` with what changed since the previous
+    /// start on this data directory. Awaited: the gateway does not serve
+    /// until they are recorded.
+    pub async fn record_start(
+        &self,
+        config: &Config,
+        recovery: &Recovery,
+    ) -> Result<(), JournalError> {
+        self.record(
+            "ledger.started",
+            json!({"size": recovery.size, "version": env!("CARGO_PKG_VERSION")}),
+        )
+        .await?;
+        if recovery.replayed > 0 || recovery.truncated_bytes > 0 {
+            self.record(
+                "ledger.recovered",
+                json!({"replayed": recovery.replayed, "truncated_bytes": recovery.truncated_bytes}),
+            )
+            .await?;
+        }
+        let summary_path = config.server.data_dir.join("config-summary.json");
+        let current = config_summary(config);
+        let previous: Option<Value> = std::fs::read(&summary_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let changes = previous.as_ref().map(|p| config_changes(p, &current));
+        self.record(
+            "config.loaded",
+            json!({
+                "config_hash": self.config_hash,
+                "providers": bounded_list(&current["providers"]),
+                "models": bounded_list(&current["models"]),
+                "first_load": previous.is_none(),
+                "changes": changes,
+            }),
+        )
+        .await?;
+        // Best effort: a missing summary only makes the next load a "first".
+        let _ = std::fs::write(&summary_path, current.to_string());
+        Ok(())
+    }
+
     pub async fn received(&self, r: &Received<'_>) -> Result<u64, JournalError> {
         self.record(
             "request.received",
@@ -283,6 +326,66 @@ impl Audit {
     }
 }
 
+/// Lists in entries are cut to this many items, with the total beside them,
+/// so that an entry stays well under the 64 KiB bundle limit.
+pub const MAX_LIST: usize = 100;
+
+/// `{"items": [...first MAX_LIST], "total": n}`.
+fn bounded_list(list: &Value) -> Value {
+    let items = list.as_array().cloned().unwrap_or_default();
+    let total = items.len();
+    json!({"items": items.into_iter().take(MAX_LIST).collect::<Vec<_>>(), "total": total})
+}
+
+/// What a configuration declares, as compared between loads.
+fn config_summary(config: &Config) -> Value {
+    let providers: Vec<Value> = config
+        .providers
+        .iter()
+        .map(|p| {
+            json!({"name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url,
+                   "api_version": p.api_version, "credential": p.api_key.as_ref().map(ToString::to_string)})
+        })
+        .collect();
+    let models: Vec<Value> = config
+        .models
+        .iter()
+        .map(|m| json!({"name": m.name, "provider": m.provider, "upstream_model": m.upstream_model()}))
+        .collect();
+    json!({"providers": providers, "models": models})
+}
+
+/// Names added, removed and changed, per section, between two summaries.
+fn config_changes(previous: &Value, current: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for section in ["providers", "models"] {
+        let index = |v: &Value| -> std::collections::BTreeMap<String, Value> {
+            v[section]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|item| Some((item["name"].as_str()?.to_owned(), item.clone())))
+                .collect()
+        };
+        let (old, new) = (index(previous), index(current));
+        let added: Vec<&String> = new.keys().filter(|k| !old.contains_key(*k)).collect();
+        let removed: Vec<&String> = old.keys().filter(|k| !new.contains_key(*k)).collect();
+        let changed: Vec<&String> = new
+            .keys()
+            .filter(|k| old.get(*k).is_some_and(|o| o != &new[*k]))
+            .collect();
+        out.insert(
+            section.to_owned(),
+            json!({
+                "added": bounded_list(&json!(added)),
+                "removed": bounded_list(&json!(removed)),
+                "changed": bounded_list(&json!(changed)),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
 /// SHA-256 (hex) of the configuration source: the file's bytes and the
 /// `PALISADE__` overrides in force, sorted.
 pub fn config_hash(file_bytes: &[u8], env: &[(String, String)]) -> String {
@@ -301,4 +404,34 @@ pub fn config_hash(file_bytes: &[u8], env: &[(String, String)]) -> String {
         h.update(v.as_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_changes_name_what_was_added_removed_and_changed() {
+        let before = json!({
+            "providers": [{"name": "a", "base_url": "https://a"}, {"name": "b", "base_url": "https://b"}],
+            "models": [{"name": "m1", "provider": "a"}],
+        });
+        let after = json!({
+            "providers": [{"name": "a", "base_url": "https://a2"}, {"name": "c", "base_url": "https://c"}],
+            "models": [{"name": "m1", "provider": "a"}],
+        });
+        let c = config_changes(&before, &after);
+        assert_eq!(c["providers"]["added"]["items"], json!(["c"]));
+        assert_eq!(c["providers"]["removed"]["items"], json!(["b"]));
+        assert_eq!(c["providers"]["changed"]["items"], json!(["a"]));
+        assert_eq!(c["models"]["changed"]["total"], 0);
+    }
+
+    #[test]
+    fn long_lists_are_cut_with_their_total() {
+        let long: Vec<u32> = (0..250).collect();
+        let b = bounded_list(&json!(long));
+        assert_eq!(b["items"].as_array().unwrap().len(), MAX_LIST);
+        assert_eq!(b["total"], 250);
+    }
 }

@@ -18,7 +18,10 @@ async fn start_up_is_recorded_first() {
     assert_eq!(entries[0]["schema"], "palisade.audit/v1");
     assert_eq!(entries[1]["kind"], "config.loaded");
     assert_eq!(entries[1]["config_hash"], "test-config");
-    assert_eq!(entries[1]["models"][0]["name"], "gpt-test");
+    assert_eq!(entries[1]["models"]["items"][0]["name"], "gpt-test");
+    assert_eq!(entries[1]["models"]["total"], 2);
+    assert_eq!(entries[1]["first_load"], true);
+    assert!(entries[1]["changes"].is_null());
     assert_eq!(entries[1]["node"], app.journal.origin());
 }
 
