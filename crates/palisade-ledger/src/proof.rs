@@ -85,6 +85,34 @@ pub fn read_entry(dir: &Path, size: u64, index: u64) -> Result<Vec<u8>, ProofErr
         .ok_or(ProofError::Read("entry bundle too short".into()))
 }
 
+/// Entries `from..to` (clamped to `size`) with their sequence numbers.
+pub fn read_entries(
+    dir: &Path,
+    size: u64,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, ProofError> {
+    let to = to.min(size);
+    let mut out = Vec::new();
+    let mut bundle_start = from - from % WIDTH;
+    while bundle_start < to {
+        let bundle = bundle_start / WIDTH;
+        let width = (size - bundle_start).min(WIDTH);
+        let data = layout::read_tile(dir, None, bundle, width, None)
+            .map_err(|e| ProofError::Read(e.to_string()))?;
+        let entries = layout::decode_bundle(&data)
+            .ok_or(ProofError::Read("malformed entry bundle".into()))?;
+        for (i, e) in entries.into_iter().take(width as usize).enumerate() {
+            let seq = bundle_start + i as u64;
+            if seq >= from && seq < to {
+                out.push((seq, e.to_vec()));
+            }
+        }
+        bundle_start += WIDTH;
+    }
+    Ok(out)
+}
+
 /// A tlog-proof for entry `index` under the ledger's current checkpoint.
 /// The tiles it uses are authenticated against the signed root first.
 pub fn prove(dir: &Path, verifier_key: &str, index: u64) -> Result<String, ProofError> {

@@ -33,6 +33,33 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AuditCommand::Tail {
+            store,
+            lines,
+            follow,
+        } => {
+            let data_dir = store.data_dir()?;
+            let vkey = LedgerKey::load(&key_path(&data_dir))?
+                .verifier_key()
+                .to_owned();
+            let dir = ledger_dir(&data_dir);
+            let size_now = || -> anyhow::Result<u64> {
+                Ok(palisade_ledger::read_checkpoint(&dir, &vkey)?.map_or(0, |(head, _)| head.size))
+            };
+            let mut printed = size_now()?.saturating_sub(lines);
+            loop {
+                let size = size_now()?;
+                for (seq, entry) in palisade_ledger::proof::read_entries(&dir, size, printed, size)?
+                {
+                    println!("{seq} {}", String::from_utf8_lossy(&entry));
+                }
+                printed = printed.max(size);
+                if !follow {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
         AuditCommand::CheckProof { file, key } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;

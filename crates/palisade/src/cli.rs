@@ -60,6 +60,17 @@ pub enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the last entries (`SEQ <entry>` per line); `-f` keeps
+    /// printing new ones as checkpoints cover them.
+    Tail {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// How many of the latest entries to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Check a tlog-proof file against a verifier key and print the entry.
     CheckProof {
         file: PathBuf,

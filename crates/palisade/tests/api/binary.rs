@@ -223,6 +223,16 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // The last entries, in order.
+    let out = palisade(dir.path(), &["audit", "tail", "-n", "3"]);
+    let tail: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(tail.len(), 3, "{tail:?}");
+    assert!(
+        tail[0].starts_with("4 {") && tail[2].starts_with("6 {"),
+        "{tail:?}"
+    );
+    assert!(tail[2].contains("\"kind\":\"request.denied\""), "{tail:?}");
+
     // A proof for the first request's received entry checks out.
     let out = palisade(
         dir.path(),
