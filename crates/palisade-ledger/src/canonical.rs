@@ -19,6 +19,27 @@ pub enum CanonicalError {
     NonAsciiKey(String),
 }
 
+/// The schema every Palisade ledger entry declares.
+pub const SCHEMA: &str = "palisade.audit/v1";
+
+/// A ledger entry: `fields` (an object) plus `schema`, `kind`, `time` (now,
+/// RFC 3339 UTC with microseconds) and `node` (the ledger's origin), in
+/// canonical form.
+pub fn entry(kind: &str, node: &str, fields: Value) -> Result<Vec<u8>, CanonicalError> {
+    let mut object = match fields {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    object.insert("schema".into(), Value::from(SCHEMA));
+    object.insert("kind".into(), Value::from(kind));
+    object.insert(
+        "time".into(),
+        Value::from(crate::time::timestamp(std::time::SystemTime::now())),
+    );
+    object.insert("node".into(), Value::from(node));
+    to_canonical(&Value::Object(object))
+}
+
 /// The canonical bytes of `value`.
 pub fn to_canonical(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     let mut out = Vec::with_capacity(256);

@@ -92,6 +92,9 @@ enum Command {
     },
     Checkpoint(oneshot::Sender<Result<Vec<u8>, JournalError>>),
     Stop,
+    /// Tests: make write-ahead writes fail (or stop failing).
+    #[cfg(test)]
+    FailWrites(bool),
 }
 
 pub struct Journal {
@@ -177,6 +180,7 @@ impl Journal {
             .map_err(io(dir))?;
         let (tx, rx) = mpsc::channel();
         let writer_dir = dir.to_owned();
+        let writer_origin = origin.clone();
         let thread = std::thread::Builder::new()
             .name("palisade-ledger".into())
             .spawn(move || {
@@ -189,6 +193,10 @@ impl Journal {
                     batch: Vec::new(),
                     config,
                     to_checkpointer,
+                    node: writer_origin,
+                    fault: None,
+                    #[cfg(test)]
+                    fail_writes: false,
                 }
                 .run(&rx);
                 let _ = checkpointer.join();
@@ -261,6 +269,14 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Tests: make write-ahead writes fail, as a full or broken disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, on: bool) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Command::FailWrites(on));
+        }
     }
 }
 
@@ -336,6 +352,20 @@ struct Writer {
     batch: Vec<Vec<u8>>,
     config: JournalConfig,
     to_checkpointer: mpsc::Sender<Batch>,
+    /// The ledger's origin, for the entries the writer makes itself.
+    node: String,
+    /// Set while appends fail; recorded when they succeed again.
+    fault: Option<Fault>,
+    #[cfg(test)]
+    fail_writes: bool,
+}
+
+/// An outage of the write-ahead file.
+struct Fault {
+    error: String,
+    since: std::time::SystemTime,
+    started: Instant,
+    failed_appends: u64,
 }
 
 impl Writer {
@@ -385,6 +415,8 @@ impl Writer {
                 }
                 Command::Checkpoint(reply) => checkpoints.push(reply),
                 Command::Stop => stop = true,
+                #[cfg(test)]
+                Command::FailWrites(on) => self.fail_writes = on,
             }
         }
         if !entries.is_empty() {
@@ -394,17 +426,12 @@ impl Writer {
                 .enumerate()
                 .map(|(i, e)| (first + i as u64, e.as_slice()))
                 .collect();
-            let written = self
-                .wal
-                .write(&frames)
-                .and_then(|()| match self.config.durability {
-                    Durability::Strict => self.wal.sync(),
-                    Durability::Relaxed => Ok(()),
-                });
+            let written = self.write_frames(&frames);
             match written {
                 Ok(()) => {
                     self.next_seq += entries.len() as u64;
                     self.batch.extend(entries);
+                    self.record_fault_cleared();
                     for (i, reply) in replies.into_iter().enumerate() {
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(first + i as u64));
@@ -413,6 +440,13 @@ impl Writer {
                 }
                 Err(e) => {
                     let err = JournalError::Write(e.to_string());
+                    let fault = self.fault.get_or_insert_with(|| Fault {
+                        error: e.to_string(),
+                        since: std::time::SystemTime::now(),
+                        started: Instant::now(),
+                        failed_appends: 0,
+                    });
+                    fault.failed_appends += replies.len() as u64;
                     for reply in replies.into_iter().flatten() {
                         let _ = reply.send(Err(err.clone()));
                     }
@@ -423,6 +457,56 @@ impl Writer {
             self.rotate(Some(reply));
         }
         stop
+    }
+
+    fn write_frames(&mut self, frames: &[(u64, &[u8])]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_writes {
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        self.wal.write(frames)?;
+        match self.config.durability {
+            Durability::Strict => self.wal.sync(),
+            Durability::Relaxed => Ok(()),
+        }
+    }
+
+    /// After an outage, once appends succeed again: `ledger.fault` (when it
+    /// began, the error, how many appends were refused) and
+    /// `ledger.fault_cleared`.
+    fn record_fault_cleared(&mut self) {
+        let Some(fault) = self.fault.take() else {
+            return;
+        };
+        let since = crate::time::timestamp(fault.since);
+        let made = [
+            crate::canonical::entry(
+                "ledger.fault",
+                &self.node,
+                serde_json::json!({"since": since, "error": fault.error, "failed_appends": fault.failed_appends}),
+            ),
+            crate::canonical::entry(
+                "ledger.fault_cleared",
+                &self.node,
+                serde_json::json!({"since": since, "duration_ms": fault.started.elapsed().as_millis() as u64,
+                                   "failed_appends": fault.failed_appends}),
+            ),
+        ];
+        let entries: Vec<Vec<u8>> = made.into_iter().filter_map(Result::ok).collect();
+        let first = self.next_seq;
+        let frames: Vec<(u64, &[u8])> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (first + i as u64, e.as_slice()))
+            .collect();
+        match self.write_frames(&frames) {
+            Ok(()) => {
+                self.next_seq += entries.len() as u64;
+                self.batch.extend(entries);
+            }
+            // Still failing: keep the fault for the next success.
+            Err(_) => self.fault = Some(fault),
+        }
     }
 
     /// Closes the current segment and hands its entries to the

@@ -18,6 +18,7 @@ pub mod key;
 pub mod layout;
 pub mod log;
 pub mod proof;
+pub mod time;
 pub mod verify;
 pub mod wal;
 

@@ -578,3 +578,37 @@ fn earlier_checkpoints_must_be_prefixes_of_the_current_log() {
         Err(VerifyError::EarlierCheckpoint)
     ));
 }
+
+#[tokio::test]
+async fn an_outage_refuses_appends_and_is_recorded_when_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("test.example/palisade/n1");
+    let vkey = k.verifier_key().to_owned();
+    let (journal, _) = Journal::open(dir.path(), k, JournalConfig::default()).unwrap();
+    assert_eq!(journal.append(entry(0)).await.unwrap(), 0);
+    journal.fail_writes(true);
+    for i in 1..4 {
+        assert!(matches!(
+            journal.append(entry(i)).await,
+            Err(JournalError::Write(_))
+        ));
+    }
+    journal.fail_writes(false);
+    // Appending resumes by itself, and the outage goes on record right
+    // after the first append that succeeds.
+    assert_eq!(journal.append(entry(4)).await.unwrap(), 1);
+    journal.checkpoint().await.unwrap();
+    verify(dir.path(), &vkey).unwrap();
+    let size = 4;
+    let entries: Vec<serde_json::Value> = crate::proof::read_entries(dir.path(), size, 0, size)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| serde_json::from_slice(&e).unwrap())
+        .collect();
+    assert_eq!(entries[2]["kind"], "ledger.fault");
+    assert_eq!(entries[2]["failed_appends"], 3);
+    assert!(entries[2]["error"].as_str().unwrap().contains("injected"));
+    assert_eq!(entries[3]["kind"], "ledger.fault_cleared");
+    assert_eq!(entries[3]["schema"], "palisade.audit/v1");
+    assert_eq!(entries[3]["node"], "test.example/palisade/n1");
+}

@@ -15,14 +15,12 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use palisade_config::{Config, LedgerDurability};
-use palisade_ledger::canonical::to_canonical;
 use palisade_ledger::{Durability, Journal, JournalConfig, JournalError, LedgerKey, Recovery};
 use serde_json::{Value, json};
 
-pub const SCHEMA: &str = "palisade.audit/v1";
+pub use palisade_ledger::canonical::SCHEMA;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditOpenError {
@@ -173,12 +171,6 @@ pub struct Denied<'a> {
     pub source: Option<SocketAddr>,
 }
 
-fn time_now() -> String {
-    let mut buf = Vec::with_capacity(32);
-    crate::access_log::write_timestamp(&mut buf, SystemTime::now());
-    String::from_utf8(buf).unwrap_or_default()
-}
-
 fn bounded(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
@@ -200,16 +192,8 @@ impl Audit {
     }
 
     fn entry(&self, kind: &str, fields: Value) -> Vec<u8> {
-        let mut object = match fields {
-            Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        };
-        object.insert("schema".into(), json!(SCHEMA));
-        object.insert("kind".into(), json!(kind));
-        object.insert("time".into(), json!(time_now()));
-        object.insert("node".into(), json!(self.journal.origin()));
         // Entries are built here from integers and strings only.
-        to_canonical(&Value::Object(object)).unwrap_or_default()
+        palisade_ledger::canonical::entry(kind, self.journal.origin(), fields).unwrap_or_default()
     }
 
     /// Records an entry and waits until it is recorded.
