@@ -420,17 +420,8 @@ impl Writer {
             }
         }
         if !entries.is_empty() {
-            let first = self.next_seq;
-            let frames: Vec<(u64, &[u8])> = entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (first + i as u64, e.as_slice()))
-                .collect();
-            let written = self.write_frames(&frames);
-            match written {
-                Ok(()) => {
-                    self.next_seq += entries.len() as u64;
-                    self.batch.extend(entries);
+            match self.append_frames(entries) {
+                Ok(first) => {
                     self.record_fault_cleared();
                     for (i, reply) in replies.into_iter().enumerate() {
                         if let Some(reply) = reply {
@@ -457,6 +448,21 @@ impl Writer {
             self.rotate(Some(reply));
         }
         stop
+    }
+
+    /// Numbers `entries`, writes them (synced under strict durability) and
+    /// adds them to the current segment's batch. Returns the first number.
+    fn append_frames(&mut self, entries: Vec<Vec<u8>>) -> std::io::Result<u64> {
+        let first = self.next_seq;
+        let frames: Vec<(u64, &[u8])> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (first + i as u64, e.as_slice()))
+            .collect();
+        self.write_frames(&frames)?;
+        self.next_seq += entries.len() as u64;
+        self.batch.extend(entries);
+        Ok(first)
     }
 
     fn write_frames(&mut self, frames: &[(u64, &[u8])]) -> std::io::Result<()> {
@@ -493,19 +499,9 @@ impl Writer {
             ),
         ];
         let entries: Vec<Vec<u8>> = made.into_iter().filter_map(Result::ok).collect();
-        let first = self.next_seq;
-        let frames: Vec<(u64, &[u8])> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (first + i as u64, e.as_slice()))
-            .collect();
-        match self.write_frames(&frames) {
-            Ok(()) => {
-                self.next_seq += entries.len() as u64;
-                self.batch.extend(entries);
-            }
+        if self.append_frames(entries).is_err() {
             // Still failing: keep the fault for the next success.
-            Err(_) => self.fault = Some(fault),
+            self.fault = Some(fault);
         }
     }
 
