@@ -13,6 +13,7 @@
 //! This crate does file I/O only; it knows nothing of HTTP or SQL.
 
 pub mod canonical;
+pub mod export;
 pub mod journal;
 pub mod key;
 pub mod layout;

@@ -42,7 +42,7 @@ pub enum ProofError {
 }
 
 /// Reads hash tiles from a ledger directory for `tlog_tiles`.
-struct DirTiles<'a>(&'a Path);
+pub(crate) struct DirTiles<'a>(pub(crate) &'a Path);
 
 impl TileReader for DirTiles<'_> {
     fn height(&self) -> u8 {

@@ -612,3 +612,49 @@ async fn an_outage_refuses_appends_and_is_recorded_when_it_ends() {
     assert_eq!(entries[3]["schema"], "palisade.audit/v1");
     assert_eq!(entries[3]["node"], "test.example/palisade/n1");
 }
+
+#[test]
+fn exports_carry_a_checkable_proof_for_every_entry_in_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("test.example/palisade/n1");
+    let vkey = k.verifier_key().to_owned();
+    let mut ledger = Ledger::open(dir.path(), k).unwrap();
+    let day = |i: u64| match i {
+        0..50 => "2026-11-21",
+        50..120 => "2026-11-22",
+        _ => "2026-11-23",
+    };
+    let entries: Vec<Vec<u8>> = (0..130)
+        .map(|i| {
+            canonical::to_canonical(&serde_json::json!({
+                "schema": "palisade.audit/v1", "kind": "request.received", "seq_hint": i,
+                "time": format!("{}T{:02}:00:00.000000Z", day(i), i % 24),
+            }))
+            .unwrap()
+        })
+        .collect();
+    ledger.append(&entries).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let exported =
+        export::export(dir.path(), &vkey, "2026-11-22", "2026-11-23", out.path()).unwrap();
+    assert_eq!(exported.entries, 70);
+    assert_eq!(export::check(out.path(), &vkey).unwrap().entries, 70);
+    let text = std::fs::read_to_string(out.path().join("entries.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], 50);
+
+    // One changed field in one exported entry: its proof no longer holds.
+    std::fs::write(
+        out.path().join("entries.jsonl"),
+        text.replacen("\"seq_hint\":60", "\"seq_hint\":61", 1),
+    )
+    .unwrap();
+    assert!(matches!(
+        export::check(out.path(), &vkey),
+        Err(crate::proof::ProofError::Invalid)
+    ));
+    // Another key's verifier refuses the checkpoint.
+    std::fs::write(out.path().join("entries.jsonl"), &text).unwrap();
+    assert!(export::check(out.path(), key("x.example/p/n").verifier_key()).is_err());
+}

@@ -71,6 +71,27 @@ pub enum AuditCommand {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Export the entries of a time range, each with its inclusion proof,
+    /// and the checkpoint they are proved against (entries.jsonl +
+    /// checkpoint in OUT).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Start, inclusive: RFC 3339 time or date (`2026-11-22`).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an export directory against a verifier key.
+    CheckExport {
+        dir: PathBuf,
+        #[arg(long)]
+        key: String,
+    },
     /// Check a tlog-proof file against a verifier key and print the entry.
     CheckProof {
         file: PathBuf,

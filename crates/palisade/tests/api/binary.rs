@@ -223,6 +223,32 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // Everything from today on, exported with proofs, checks out elsewhere.
+    let out = palisade(
+        dir.path(),
+        &[
+            "audit",
+            "export",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "9999-01-01",
+            "--out",
+            "export",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("exported 7 entries"),
+        "{}",
+        stdout(&out)
+    );
+    let out = palisade(
+        dir.path(),
+        &["audit", "check-export", "export", "--key", &vkey],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // The last entries, in order.
     let out = palisade(dir.path(), &["audit", "tail", "-n", "3"]);
     let tail: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
