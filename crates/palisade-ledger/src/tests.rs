@@ -658,3 +658,40 @@ fn exports_carry_a_checkable_proof_for_every_entry_in_the_range() {
     std::fs::write(out.path().join("entries.jsonl"), &text).unwrap();
     assert!(export::check(out.path(), key("x.example/p/n").verifier_key()).is_err());
 }
+
+/// The RFC 6962 reference vectors used by Certificate Transparency's and
+/// transparency-dev's Merkle tests: eight leaves and the root of each
+/// prefix of them.
+#[test]
+fn rfc6962_reference_roots() {
+    let leaves: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x00],
+        vec![0x10],
+        vec![0x20, 0x21],
+        vec![0x30, 0x31],
+        vec![0x40, 0x41, 0x42, 0x43],
+        vec![0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57],
+        vec![
+            0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c, 0x6d,
+            0x6e, 0x6f,
+        ],
+    ];
+    let roots = [
+        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+        "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+        "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+        "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+        "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+        "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path(), key("vectors.example/p/n")).unwrap();
+    for (i, leaf) in leaves.iter().enumerate() {
+        ledger.append(std::slice::from_ref(leaf)).unwrap();
+        let hex: String = ledger.root().0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, roots[i], "size {}", i + 1);
+    }
+}
