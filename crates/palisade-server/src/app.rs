@@ -98,7 +98,13 @@ pub struct Application {
     proxy: TcpListener,
     admin: TcpListener,
     state: AppState,
+    /// The store the audit search index lives in, and how often it is
+    /// brought up to date.
+    indexer: (Arc<dyn Store>, Duration),
 }
+
+/// How often the audit search index is brought up to date.
+const INDEX_EVERY: Duration = Duration::from_secs(2);
 
 impl Application {
     /// Resolves providers, binds both listeners (port 0 picks a free port).
@@ -121,6 +127,7 @@ impl Application {
         let access_log = AccessLog::new(deps.access_log, config.log.format);
         let audit = Audit::new(deps.journal, deps.config_hash);
         audit.record_start(&config, &deps.recovery).await?;
+        let store = Arc::clone(&deps.store);
         let state = AppState::new(
             config,
             registry,
@@ -129,10 +136,12 @@ impl Application {
             metrics,
             audit,
         );
+        let indexer = (store, INDEX_EVERY);
         Ok(Self {
             proxy,
             admin,
             state,
+            indexer,
         })
     }
 
@@ -180,6 +189,15 @@ impl Application {
         let proxy = tokio::spawn(proxy.into_future());
         let admin = tokio::spawn(admin.into_future());
         let aborts = [proxy.abort_handle(), admin.abort_handle()];
+        let (store, every) = self.indexer;
+        let journal = Arc::clone(self.state.audit().journal());
+        let indexer = tokio::spawn(crate::audit_index::run(
+            store,
+            journal.dir().to_owned(),
+            journal.verifier_key().to_owned(),
+            every,
+            token.clone(),
+        ));
         let servers = async move {
             let (p, a) = tokio::join!(proxy, admin);
             p.map_err(std::io::Error::other)??;
@@ -199,6 +217,8 @@ impl Application {
         for abort in aborts {
             abort.abort();
         }
+        token.cancel();
+        let _ = indexer.await;
         // Everything queued goes into a final checkpoint.
         let journal = Arc::clone(self.state.audit().journal());
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod app;
 pub mod audit;
+pub mod audit_index;
 pub mod auth;
 pub mod error;
 mod health;

@@ -46,6 +46,52 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a key. `Ok(false)` when no such key exists; revoking twice
     /// keeps the first time.
     async fn revoke_key(&self, id: &KeyId, now: i64) -> Result<bool, StoreError>;
+
+    /// Adds rows to the search index of the audit ledger. Rows already
+    /// present (same `seq`) are left as they are.
+    async fn index_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError>;
+
+    /// The row of one entry, if indexed.
+    async fn audit_row(&self, seq: u64) -> Result<Option<AuditRow>, StoreError>;
+
+    /// One past the highest indexed sequence number (0 when empty).
+    async fn audit_indexed_through(&self) -> Result<u64, StoreError>;
+
+    /// Sequence numbers of the entries matching `query`, oldest first.
+    async fn search_audit(&self, query: AuditQuery) -> Result<Vec<u64>, StoreError>;
+}
+
+/// What the search index keeps of one ledger entry: the fields searched on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: u64,
+    pub time: String,
+    pub kind: String,
+    pub request_id: Option<String>,
+    pub tenant: Option<String>,
+    pub app: Option<String>,
+    pub env: Option<String>,
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+}
+
+/// A search of the audit index; every field set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// `time >= from` (RFC 3339 text; a date means its start).
+    pub from: Option<String>,
+    /// `time < to`.
+    pub to: Option<String>,
+    pub kind: Option<String>,
+    pub tenant: Option<String>,
+    pub app: Option<String>,
+    pub env: Option<String>,
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    pub request_id: Option<String>,
+    pub limit: u32,
 }
 
 /// Seconds since the Unix epoch.

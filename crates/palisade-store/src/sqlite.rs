@@ -11,11 +11,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::keys::{self, ApiKey, KeyId, KeyRecord, NewKey};
-use crate::{Store, StoreError};
+use crate::{AuditQuery, AuditRow, Store, StoreError};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Append only.
-const MIGRATIONS: &[&str] = &["CREATE TABLE api_keys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE api_keys (
         id TEXT PRIMARY KEY,
         tenant TEXT NOT NULL,
         app TEXT NOT NULL,
@@ -23,7 +24,24 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE api_keys (
         hash BLOB NOT NULL,
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
-    )"];
+    )",
+    "CREATE TABLE audit_index (
+        seq INTEGER PRIMARY KEY,
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        request_id TEXT,
+        tenant TEXT,
+        app TEXT,
+        env TEXT,
+        key_id TEXT,
+        model TEXT,
+        status INTEGER
+    );
+    CREATE INDEX audit_index_time ON audit_index (time);
+    CREATE INDEX audit_index_tenant ON audit_index (tenant, time);
+    CREATE INDEX audit_index_key ON audit_index (key_id, time);
+    CREATE INDEX audit_index_request ON audit_index (request_id)",
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -166,6 +184,94 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn index_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO audit_index ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ))?;
+                for r in &rows {
+                    stmt.execute(params![
+                        r.seq as i64,
+                        r.time,
+                        r.kind,
+                        r.request_id,
+                        r.tenant,
+                        r.app,
+                        r.env,
+                        r.key_id,
+                        r.model,
+                        r.status.map(i64::from)
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_row(&self, seq: u64) -> Result<Option<AuditRow>, StoreError> {
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_index WHERE seq = ?1"
+            ))?;
+            Ok(stmt.query_row([seq as i64], audit_row).optional()?)
+        })
+        .await
+    }
+
+    async fn audit_indexed_through(&self) -> Result<u64, StoreError> {
+        self.with_conn(|c| {
+            let max: Option<i64> =
+                c.query_row("SELECT MAX(seq) FROM audit_index", [], |r| r.get(0))?;
+            Ok(max.map_or(0, |m| m as u64 + 1))
+        })
+        .await
+    }
+
+    async fn search_audit(&self, q: AuditQuery) -> Result<Vec<u64>, StoreError> {
+        self.with_conn(move |c| {
+            let mut sql = String::from("SELECT seq FROM audit_index WHERE 1 = 1");
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+            let mut add = |clause: &str, value: Box<dyn rusqlite::ToSql>| {
+                args.push(value);
+                sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+            };
+            if let Some(v) = q.from {
+                add("time >=", Box::new(v));
+            }
+            if let Some(v) = q.to {
+                add("time <", Box::new(v));
+            }
+            for (column, value) in [
+                ("kind", q.kind),
+                ("tenant", q.tenant),
+                ("app", q.app),
+                ("env", q.env),
+                ("key_id", q.key_id),
+                ("model", q.model),
+                ("request_id", q.request_id),
+            ] {
+                if let Some(v) = value {
+                    add(&format!("{column} ="), Box::new(v));
+                }
+            }
+            if let Some(s) = q.status {
+                add("status =", Box::new(i64::from(s)));
+            }
+            sql.push_str(&format!(" ORDER BY seq LIMIT {}", q.limit.max(1)));
+            let mut stmt = c.prepare(&sql)?;
+            let refs: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
+            let rows = stmt.query_map(refs.as_slice(), |r| r.get::<_, i64>(0))?;
+            Ok(rows
+                .map(|r| r.map(|s| s as u64))
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn revoke_key(&self, id: &KeyId, now: i64) -> Result<bool, StoreError> {
         let id = id.clone();
         self.with_conn(move |c| {
@@ -188,6 +294,23 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: row.get::<_, i64>(0)? as u64,
+        time: row.get(1)?,
+        kind: row.get(2)?,
+        request_id: row.get(3)?,
+        tenant: row.get(4)?,
+        app: row.get(5)?,
+        env: row.get(6)?,
+        key_id: row.get(7)?,
+        model: row.get(8)?,
+        status: row.get::<_, Option<i64>>(9)?.map(|s| s as u16),
+    })
+}
+
+const AUDIT_COLUMNS: &str = "seq, time, kind, request_id, tenant, app, env, key_id, model, status";
 
 #[cfg(test)]
 mod tests {
@@ -273,5 +396,99 @@ mod tests {
             store.create_key(new_key("Prod!"), 1).await,
             Err(StoreError::InvalidKey(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod audit_index_tests {
+    use super::*;
+
+    fn row(seq: u64, tenant: &str, kind: &str, status: Option<u16>) -> AuditRow {
+        AuditRow {
+            seq,
+            time: format!("2026-11-{:02}T00:00:00.000000Z", 20 + seq % 3),
+            kind: kind.into(),
+            request_id: Some(format!("r{seq}")),
+            tenant: Some(tenant.into()),
+            app: Some("bot".into()),
+            env: Some("prod".into()),
+            key_id: Some("k".into()),
+            model: Some("m".into()),
+            status,
+        }
+    }
+
+    #[tokio::test]
+    async fn searches_by_every_field_and_ignores_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        assert_eq!(store.audit_indexed_through().await.unwrap(), 0);
+        let rows: Vec<AuditRow> = (0..30)
+            .map(|i| {
+                row(
+                    i,
+                    if i % 2 == 0 { "acme" } else { "globex" },
+                    if i % 5 == 0 {
+                        "request.denied"
+                    } else {
+                        "request.received"
+                    },
+                    Some(if i % 7 == 0 { 502 } else { 200 }),
+                )
+            })
+            .collect();
+        store.index_audit(rows.clone()).await.unwrap();
+        store.index_audit(rows[..5].to_vec()).await.unwrap();
+        assert_eq!(store.audit_indexed_through().await.unwrap(), 30);
+        assert_eq!(store.audit_row(3).await.unwrap(), Some(rows[3].clone()));
+
+        let q = |f: fn(&mut AuditQuery)| {
+            let mut q = AuditQuery {
+                limit: 1000,
+                ..AuditQuery::default()
+            };
+            f(&mut q);
+            q
+        };
+        let acme = store
+            .search_audit(q(|q| q.tenant = Some("acme".into())))
+            .await
+            .unwrap();
+        assert_eq!(acme, (0..30).step_by(2).collect::<Vec<_>>());
+        let denied = store
+            .search_audit(q(|q| q.kind = Some("request.denied".into())))
+            .await
+            .unwrap();
+        assert_eq!(denied, vec![0, 5, 10, 15, 20, 25]);
+        let failed_acme = store
+            .search_audit(q(|q| {
+                q.tenant = Some("acme".into());
+                q.status = Some(502);
+            }))
+            .await
+            .unwrap();
+        assert_eq!(failed_acme, vec![0, 14, 28]);
+        let day = store
+            .search_audit(q(|q| {
+                q.from = Some("2026-11-21".into());
+                q.to = Some("2026-11-22".into());
+            }))
+            .await
+            .unwrap();
+        assert!(day.iter().all(|s| s % 3 == 1) && day.len() == 10, "{day:?}");
+        let limited = store
+            .search_audit(AuditQuery {
+                limit: 4,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(limited, vec![0, 1, 2, 3]);
+        // Values are bound, never spliced into SQL.
+        let none = store
+            .search_audit(q(|q| q.tenant = Some("x' OR '1'='1".into())))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
     }
 }

@@ -7,8 +7,62 @@ use serde_json::json;
 
 use crate::cli::AuditCommand;
 
-pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
+        AuditCommand::Search {
+            store,
+            from,
+            to,
+            tenant,
+            app,
+            env,
+            key,
+            model,
+            status,
+            kind,
+            request_id,
+            limit,
+            json,
+        } => {
+            let data_dir = store.data_dir()?;
+            let vkey = LedgerKey::load(&key_path(&data_dir))?
+                .verifier_key()
+                .to_owned();
+            let dir = ledger_dir(&data_dir);
+            let db = palisade_store::SqliteStore::open_in(&data_dir)?;
+            let size = palisade_server::audit_index::catch_up(&db, &dir, &vkey).await?;
+            let query = palisade_store::AuditQuery {
+                from,
+                to,
+                kind,
+                tenant,
+                app,
+                env,
+                key_id: key,
+                model,
+                status,
+                request_id,
+                limit,
+            };
+            let seqs = palisade_store::Store::search_audit(&db, query).await?;
+            let mut found = Vec::new();
+            for seq in seqs {
+                let entry = palisade_ledger::proof::read_entry(&dir, size, seq)?;
+                found.push((seq, entry));
+            }
+            if json {
+                let list: Vec<serde_json::Value> = found
+                    .iter()
+                    .map(|(seq, e)| json!({"seq": seq, "entry": serde_json::from_slice::<serde_json::Value>(e).unwrap_or_default()}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for (seq, e) in found {
+                    println!("{seq} {}", String::from_utf8_lossy(&e));
+                }
+            }
+            Ok(())
+        }
         AuditCommand::Key { store } => {
             let path = key_path(&store.data_dir()?);
             let key = LedgerKey::load(&path).with_context(

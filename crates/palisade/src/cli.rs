@@ -92,6 +92,39 @@ pub enum AuditCommand {
         #[arg(long)]
         key: String,
     },
+    /// Find entries by time, tenant, app, environment, key, model, status
+    /// or kind (the index is brought up to date first).
+    Search {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        /// A key id (as shown by `keys list`).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        status: Option<u16>,
+        /// e.g. request.received, request.completed, request.denied
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON array instead of `SEQ <entry>` lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a tlog-proof file against a verifier key and print the entry.
     CheckProof {
         file: PathBuf,
@@ -237,7 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => crate::keys::run(cmd).await,
-        Command::Audit(cmd) => crate::audit::run(cmd),
+        Command::Audit(cmd) => crate::audit::run(cmd).await,
         Command::Mock(args) => crate::serve::mock(args).await,
     }
 }

@@ -249,6 +249,24 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // Search by tenant and kind.
+    let out = palisade(
+        dir.path(),
+        &[
+            "audit",
+            "search",
+            "--tenant",
+            "acme",
+            "--kind",
+            "request.completed",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let found: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 2, "{found}");
+    assert_eq!(found[0]["entry"]["status"], 200);
+
     // The last entries, in order.
     let out = palisade(dir.path(), &["audit", "tail", "-n", "3"]);
     let tail: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();

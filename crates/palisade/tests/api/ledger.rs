@@ -207,3 +207,50 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
         assert_eq!(r.status, 404, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn the_search_index_finds_entries_by_tenant_kind_and_status() {
+    let app = spawn_app().await;
+    app.post("/v1/chat/completions", r#"{"model":"gpt-test"}"#)
+        .await;
+    app.post("/v1/chat/completions", r#"{"model":"nope"}"#)
+        .await;
+    let entries = app.ledger_entries().await;
+    let through = palisade_server::audit_index::catch_up(
+        &app.store,
+        app.journal.dir(),
+        app.journal.verifier_key(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(through, entries.len() as u64);
+    // Indexing again changes nothing.
+    palisade_server::audit_index::catch_up(
+        &app.store,
+        app.journal.dir(),
+        app.journal.verifier_key(),
+    )
+    .await
+    .unwrap();
+
+    let search = |f: fn(&mut palisade_store::AuditQuery)| {
+        let mut q = palisade_store::AuditQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        f(&mut q);
+        palisade_store::Store::search_audit(&app.store, q)
+    };
+    let acme = search(|q| q.tenant = Some("acme".into())).await.unwrap();
+    let kinds: Vec<_> = acme
+        .iter()
+        .map(|s| entries[*s as usize]["kind"].as_str().unwrap())
+        .collect();
+    // The completed entry inherits the tenant of its received entry.
+    assert_eq!(kinds, ["request.received", "request.completed"]);
+    let denied = search(|q| q.status = Some(404)).await.unwrap();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(entries[denied[0] as usize]["reason"], "model_not_found");
+    let nothing = search(|q| q.tenant = Some("globex".into())).await.unwrap();
+    assert!(nothing.is_empty());
+}

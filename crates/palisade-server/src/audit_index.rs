@@ -1,0 +1,113 @@
+//! The search index of the audit ledger, kept in the store.
+//!
+//! The indexer reads entries back from the ledger's checkpointed bundles
+//! and writes one row per entry — off the request path entirely: requests
+//! only ever append to the ledger. A `request.completed` row takes tenant,
+//! app, environment, key and model from its `request.received` entry so
+//! that searches by tenant find both.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use palisade_store::{AuditRow, Store, StoreError};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the ledger: {0}")]
+    Ledger(String),
+}
+
+const CHUNK: u64 = 4096;
+
+/// Indexes every checkpointed entry not yet in the index. Returns one past
+/// the last indexed sequence number.
+pub async fn catch_up(
+    store: &dyn Store,
+    ledger_dir: &Path,
+    verifier_key: &str,
+) -> Result<u64, IndexError> {
+    let dir: PathBuf = ledger_dir.to_owned();
+    let vkey = verifier_key.to_owned();
+    let size = tokio::task::spawn_blocking(move || palisade_ledger::read_checkpoint(&dir, &vkey))
+        .await
+        .map_err(|e| IndexError::Ledger(e.to_string()))?
+        .map_err(|e| IndexError::Ledger(e.to_string()))?
+        .map_or(0, |(head, _)| head.size);
+    let mut from = store.audit_indexed_through().await?;
+    while from < size {
+        let to = (from + CHUNK).min(size);
+        let dir = ledger_dir.to_owned();
+        let entries = tokio::task::spawn_blocking(move || {
+            palisade_ledger::proof::read_entries(&dir, size, from, to)
+        })
+        .await
+        .map_err(|e| IndexError::Ledger(e.to_string()))?
+        .map_err(|e| IndexError::Ledger(e.to_string()))?;
+        let mut rows: Vec<AuditRow> = Vec::with_capacity(entries.len());
+        let mut received: HashMap<u64, usize> = HashMap::new();
+        for (seq, bytes) in entries {
+            let Ok(entry) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            let text = |k: &str| entry[k].as_str().map(str::to_owned);
+            let mut row = AuditRow {
+                seq,
+                time: text("time").unwrap_or_default(),
+                kind: text("kind").unwrap_or_default(),
+                request_id: text("request_id"),
+                tenant: text("tenant"),
+                app: text("app"),
+                env: text("env"),
+                key_id: text("key_id").filter(|k| !k.is_empty()),
+                model: text("model"),
+                status: entry["status"].as_u64().and_then(|s| u16::try_from(s).ok()),
+            };
+            if row.kind == "request.received" {
+                received.insert(seq, rows.len());
+            }
+            if row.kind == "request.completed"
+                && let Some(r_seq) = entry["received_seq"].as_u64()
+            {
+                let origin = match received.get(&r_seq) {
+                    Some(&i) => Some(rows[i].clone()),
+                    None => store.audit_row(r_seq).await?,
+                };
+                if let Some(o) = origin {
+                    row.tenant = o.tenant;
+                    row.app = o.app;
+                    row.env = o.env;
+                    row.key_id = o.key_id;
+                    row.model = o.model;
+                }
+            }
+            rows.push(row);
+        }
+        store.index_audit(rows).await?;
+        from = to;
+    }
+    Ok(from)
+}
+
+/// Keeps the index caught up every `every` until `stop` is cancelled.
+pub async fn run(
+    store: Arc<dyn Store>,
+    ledger_dir: PathBuf,
+    verifier_key: String,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = catch_up(store.as_ref(), &ledger_dir, &verifier_key).await {
+            tracing::warn!(target: "palisade::audit", error = %e, "audit index not updated");
+        }
+    }
+}
