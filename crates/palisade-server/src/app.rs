@@ -193,8 +193,8 @@ impl Application {
         let journal = Arc::clone(self.state.audit().journal());
         let indexer = tokio::spawn(crate::audit_index::run(
             store,
-            journal.dir().to_owned(),
-            journal.verifier_key().to_owned(),
+            journal,
+            self.state.config().server.data_dir.clone(),
             every,
             token.clone(),
         ));
@@ -219,6 +219,11 @@ impl Application {
         }
         token.cancel();
         let _ = indexer.await;
+        // Actions taken on the data directory meanwhile go on record too.
+        let data_dir = self.state.config().server.data_dir.clone();
+        if let Err(e) = crate::audit::drain_outbox(self.state.audit().journal(), &data_dir).await {
+            tracing::error!(target: "palisade::audit", error = %e, "audit outbox not drained at shutdown");
+        }
         // Everything queued goes into a final checkpoint.
         let journal = Arc::clone(self.state.audit().journal());
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;

@@ -41,6 +41,8 @@ pub enum AuditOpenError {
     },
     #[error(transparent)]
     Journal(#[from] palisade_ledger::OpenError),
+    #[error("cannot record in the audit ledger or its outbox: {0}")]
+    Outbox(std::io::Error),
 }
 
 /// Where a data directory keeps its ledger.
@@ -120,6 +122,90 @@ pub fn open_journal(config: &Config) -> Result<(Journal, Recovery), AuditOpenErr
         checkpoint_interval: config.ledger.checkpoint_interval,
     };
     Ok(Journal::open(&ledger_dir(data_dir), key, journal_config)?)
+}
+
+/// Where actions taken outside the gateway wait for it when it holds the
+/// ledger.
+pub fn outbox_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("audit-outbox")
+}
+
+/// Where an entry recorded outside the gateway went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Into the ledger, at this sequence number.
+    Ledger(u64),
+    /// A running gateway holds the ledger: into the outbox it drains.
+    Outbox(std::path::PathBuf),
+}
+
+/// Records an entry for an action taken outside the gateway (the CLI on the
+/// data directory): straight into the ledger when no gateway holds it,
+/// otherwise durably into the outbox, which the running gateway appends to
+/// the ledger within seconds. Fails — and the caller must not act — when
+/// neither is possible.
+pub async fn record_offline(
+    config: &Config,
+    kind: &str,
+    fields: Value,
+) -> Result<Recorded, AuditOpenError> {
+    let origin = resolve_origin(config)?;
+    let entry = palisade_ledger::canonical::entry(kind, &origin, fields).unwrap_or_default();
+    match open_journal(config) {
+        Ok((journal, _)) => {
+            let seq = journal
+                .append(entry)
+                .await
+                .map_err(|e| AuditOpenError::Outbox(std::io::Error::other(e.to_string())))?;
+            // Dropping the journal checkpoints what was appended.
+            drop(journal);
+            Ok(Recorded::Ledger(seq))
+        }
+        Err(AuditOpenError::Journal(palisade_ledger::OpenError::Locked(_))) => {
+            let dir = outbox_dir(&config.server.data_dir);
+            let name = format!(
+                "{}-{}.entry",
+                palisade_ledger::time::timestamp(std::time::SystemTime::now()).replace(':', ""),
+                random_suffix()
+            );
+            palisade_ledger::layout::write_atomic(&dir, &name, &entry)
+                .map_err(AuditOpenError::Outbox)?;
+            Ok(Recorded::Outbox(dir.join(name)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Appends the outbox's entries to the ledger, oldest first, removing each
+/// once it is recorded. Returns how many were moved.
+pub async fn drain_outbox(journal: &Journal, data_dir: &Path) -> std::io::Result<usize> {
+    let dir = outbox_dir(data_dir);
+    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "entry"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    let mut moved = 0;
+    for path in files {
+        let entry = std::fs::read(&path)?;
+        journal
+            .append(entry)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::fs::remove_file(&path)?;
+        moved += 1;
+    }
+    Ok(moved)
 }
 
 /// The gateway's writer of audit entries.

@@ -92,11 +92,12 @@ pub async fn catch_up(
     Ok(from)
 }
 
-/// Keeps the index caught up every `every` until `stop` is cancelled.
+/// Every `every` until `stop` is cancelled: moves entries from the outbox
+/// into the ledger and brings the index up to date.
 pub async fn run(
     store: Arc<dyn Store>,
-    ledger_dir: PathBuf,
-    verifier_key: String,
+    journal: Arc<palisade_ledger::Journal>,
+    data_dir: PathBuf,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -106,7 +107,10 @@ pub async fn run(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = catch_up(store.as_ref(), &ledger_dir, &verifier_key).await {
+        if let Err(e) = crate::audit::drain_outbox(&journal, &data_dir).await {
+            tracing::error!(target: "palisade::audit", error = %e, "audit outbox not drained");
+        }
+        if let Err(e) = catch_up(store.as_ref(), journal.dir(), journal.verifier_key()).await {
             tracing::warn!(target: "palisade::audit", error = %e, "audit index not updated");
         }
     }

@@ -177,10 +177,20 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.config()?.server.data_dir)
+    }
+
+    /// The configuration in force: the file's, or defaults around
+    /// `--data-dir` when there is no file.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match (&self.data_dir, self.config.exists()) {
+            (Some(dir), false) => Config::empty(dir.clone()),
+            _ => load_config(&self.config)?,
+        };
         if let Some(dir) = &self.data_dir {
-            return Ok(dir.clone());
+            config.server.data_dir = dir.clone();
         }
-        Ok(load_config(&self.config)?.server.data_dir)
+        Ok(config)
     }
 }
 

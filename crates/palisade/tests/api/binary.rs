@@ -162,6 +162,20 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     .await;
     assert_eq!(status, 400);
 
+    // Key changes while the server holds the ledger go on record through
+    // the outbox it drains.
+    let out = palisade(
+        dir.path(),
+        &[
+            "keys", "create", "--tenant", "acme", "--app", "tmp", "--env", "dev", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    let out = palisade(dir.path(), &["keys", "revoke", &second_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     let status = terminate(&mut child);
     assert!(status.success(), "exit status {status}");
     let mut logs = String::new();
@@ -198,14 +212,16 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
             .map(|e| String::from_utf8_lossy(e).into_owned())
             .collect::<Vec<_>>()
     };
-    // started, config, then received + completed twice, then a denial.
+    // The first key's creation (before the server ran), started, config,
+    // received + completed twice, a denial, then the second key's creation
+    // and revocation (made while the server ran).
     assert_eq!(
         report["size"],
-        7,
+        10,
         "{:?}",
         dump(report["size"].as_u64().unwrap())
     );
-    let entries = dump(7).join("\n");
+    let entries = dump(10).join("\n");
     assert!(
         !entries.contains("PROMPT-MARKER") && !entries.contains("078-05"),
         "prompt text in the ledger"
@@ -239,7 +255,7 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with("exported 7 entries"),
+        stdout(&out).starts_with("exported 10 entries"),
         "{}",
         stdout(&out)
     );
@@ -272,15 +288,27 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     let tail: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
     assert_eq!(tail.len(), 3, "{tail:?}");
     assert!(
-        tail[0].starts_with("4 {") && tail[2].starts_with("6 {"),
+        tail[0].starts_with("7 {") && tail[2].starts_with("9 {"),
         "{tail:?}"
     );
-    assert!(tail[2].contains("\"kind\":\"request.denied\""), "{tail:?}");
+    assert!(tail[0].contains("\"kind\":\"request.denied\""), "{tail:?}");
+    assert!(
+        tail[1].contains("\"kind\":\"admin.key_created\""),
+        "{tail:?}"
+    );
+    assert!(
+        tail[2].contains("\"kind\":\"admin.key_revoked\""),
+        "{tail:?}"
+    );
+    assert!(
+        tail[2].contains(&second_id) && tail[2].contains("\"actor\":\"cli:"),
+        "{tail:?}"
+    );
 
     // A proof for the first request's received entry checks out.
     let out = palisade(
         dir.path(),
-        &["audit", "prove", "2", "--out", "seq2.tlog-proof"],
+        &["audit", "prove", "3", "--out", "seq2.tlog-proof"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = palisade(
@@ -295,7 +323,7 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     );
 
     // Tampering with one entry is caught and located.
-    let bundle = dir.path().join("data/ledger/tile/entries/000.p/7");
+    let bundle = dir.path().join("data/ledger/tile/entries/000.p/10");
     let mut data = std::fs::read(&bundle).unwrap();
     let at = data.len() - 10;
     data[at] ^= 1;
@@ -305,7 +333,7 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
         &["audit", "verify", "--ledger", "data/ledger", "--key", &vkey],
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("entry 6"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("entry 9"), "{}", stderr(&out));
     assert!(!logs.contains("local-secret"), "provider secret in logs");
 }
 
