@@ -3,7 +3,9 @@
 //! change and are served as immutable; the checkpoint and partial tiles are
 //! not cached.
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -32,9 +34,43 @@ fn serve_file(path: std::path::PathBuf, cache: &'static str) -> Response {
     }
 }
 
-pub async fn checkpoint(State(state): State<AppState>) -> Response {
+/// The client's address, when the listener knows it.
+pub struct Peer(Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// Every read of the ledger through the admin listener is itself recorded:
+/// who (for now, the source address) read what, and the answer.
+fn record_read(state: &AppState, peer: Option<SocketAddr>, path: &str, status: StatusCode) {
+    state.audit().submit(
+        "audit.read",
+        serde_json::json!({
+            "actor": "anonymous",
+            "source": peer.map(|p| p.ip().to_string()),
+            "path": path.chars().filter(|c| !c.is_control()).take(200).collect::<String>(),
+            "status": status.as_u16(),
+        }),
+    );
+}
+
+pub async fn checkpoint(State(state): State<AppState>, Peer(peer): Peer) -> Response {
     let path = state.audit().journal().dir().join("checkpoint");
     let mut resp = serve_file(path, NO_CACHE);
+    record_read(&state, peer, "/audit/checkpoint", resp.status());
     if resp.status() == StatusCode::OK {
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -44,12 +80,20 @@ pub async fn checkpoint(State(state): State<AppState>) -> Response {
     resp
 }
 
-pub async fn tile(State(state): State<AppState>, Path(rest): Path<String>) -> Response {
-    let Some(partial) = tile_path_kind(&rest) else {
-        return not_found();
+pub async fn tile(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    Path(rest): Path<String>,
+) -> Response {
+    let resp = match tile_path_kind(&rest) {
+        None => not_found(),
+        Some(partial) => {
+            let file = state.audit().journal().dir().join("tile").join(&rest);
+            serve_file(file, if partial { NO_CACHE } else { IMMUTABLE })
+        }
     };
-    let file = state.audit().journal().dir().join("tile").join(&rest);
-    serve_file(file, if partial { NO_CACHE } else { IMMUTABLE })
+    record_read(&state, peer, &format!("/audit/tile/{rest}"), resp.status());
+    resp
 }
 
 /// Checks `rest` (after `tile/`) against the tlog-tiles grammar:

@@ -206,6 +206,15 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
         let r = app.send(Method::GET, &admin(bad), &[], "").await;
         assert_eq!(r.status, 404, "{bad}");
     }
+
+    // Every one of those reads is itself on record.
+    let after = app.ledger_entries().await;
+    let reads = of_kind(&after, "audit.read");
+    assert_eq!(reads.len(), 7, "{reads:?}");
+    assert_eq!(reads[0]["path"], "/audit/checkpoint");
+    assert_eq!(reads[0]["status"], 200);
+    assert_eq!(reads[0]["source"], "127.0.0.1");
+    assert_eq!(reads[6]["status"], 404);
 }
 
 #[tokio::test]
