@@ -22,6 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = JournalConfig {
         durability: Durability::Strict,
         checkpoint_interval: std::time::Duration::from_secs(1),
+        head_file: None,
     };
     let (journal, _) = Journal::open(dir.path(), key, config)?;
     let journal = Arc::new(journal);

@@ -38,6 +38,11 @@ pub enum Durability {
 pub struct JournalConfig {
     pub durability: Durability,
     pub checkpoint_interval: Duration,
+    /// Where the size and root of the latest signed checkpoint are kept,
+    /// outside the ledger directory. At start a ledger smaller than that, or
+    /// of that size with another root, is refused: signing it would give one
+    /// size two roots (a rolled-back or substituted ledger directory).
+    pub head_file: Option<PathBuf>,
 }
 
 impl Default for JournalConfig {
@@ -45,8 +50,33 @@ impl Default for JournalConfig {
         Self {
             durability: Durability::Strict,
             checkpoint_interval: Duration::from_secs(1),
+            head_file: None,
         }
     }
+}
+
+/// Reads a head file: `<size> <hex root>`.
+fn read_head(path: &Path) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (size, root) = text.trim().split_once(' ')?;
+    Some((size.parse().ok()?, root.to_owned()))
+}
+
+fn hex(hash: &tlog_tiles::Hash) -> String {
+    hash.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_head(path: &Path, ledger: &Ledger) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("ledger.head");
+    crate::layout::write_atomic(
+        dir,
+        name,
+        format!("{} {}\n", ledger.size(), hex(&ledger.root())).as_bytes(),
+    )
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -70,6 +100,14 @@ pub enum OpenError {
     },
     #[error("the ledger at {0} is in use by another process")]
     Locked(PathBuf),
+    #[error(
+        "the ledger has {found} entries but a checkpoint of {signed} was signed before: the ledger directory was rolled back or replaced; refusing to sign a second root for those sizes"
+    )]
+    RolledBack { found: u64, signed: u64 },
+    #[error(
+        "the ledger's checkpoint at size {size} has a different root from the one signed before: the ledger directory was replaced"
+    )]
+    Forked { size: u64 },
     #[error("the write-ahead file has a gap: expected entry {expected}, found {found}")]
     Gap { expected: u64, found: u64 },
 }
@@ -135,6 +173,19 @@ impl Journal {
         let verifier_key = key.verifier_key().to_owned();
         let origin = key.name().to_owned();
         let mut ledger = Ledger::open(dir, key)?;
+        if let Some(head) = &config.head_file
+            && let Some((signed, root)) = read_head(head)
+        {
+            if ledger.size() < signed {
+                return Err(OpenError::RolledBack {
+                    found: ledger.size(),
+                    signed,
+                });
+            }
+            if ledger.size() == signed && hex(&ledger.root()) != root {
+                return Err(OpenError::Forked { size: signed });
+            }
+        }
 
         // Entries that reached a write-ahead segment but no checkpoint.
         let segments = list_segments(dir).map_err(io(dir))?;
@@ -164,6 +215,9 @@ impl Journal {
         for (_, path) in &segments {
             std::fs::remove_file(path).map_err(io(path))?;
         }
+        if let Some(head) = &config.head_file {
+            write_head(head, &ledger).map_err(io(head))?;
+        }
         let recovery = Recovery {
             size: ledger.size(),
             replayed,
@@ -174,9 +228,10 @@ impl Journal {
         let wal_path = segment_path(dir, first);
         let (wal, _) = Wal::open(&wal_path).map_err(io(&wal_path))?;
         let (to_checkpointer, batches) = mpsc::channel();
+        let head_file = config.head_file.clone();
         let checkpointer = std::thread::Builder::new()
             .name("palisade-ledger-checkpoint".into())
-            .spawn(move || Checkpointer::new(ledger).run(&batches))
+            .spawn(move || Checkpointer::new(ledger, head_file).run(&batches))
             .map_err(io(dir))?;
         let (tx, rx) = mpsc::channel();
         let writer_dir = dir.to_owned();
@@ -551,14 +606,16 @@ struct Checkpointer {
     ledger: Ledger,
     pending: Vec<Vec<u8>>,
     segments: Vec<PathBuf>,
+    head_file: Option<PathBuf>,
 }
 
 impl Checkpointer {
-    fn new(ledger: Ledger) -> Self {
+    fn new(ledger: Ledger, head_file: Option<PathBuf>) -> Self {
         Self {
             ledger,
             pending: Vec::new(),
             segments: Vec::new(),
+            head_file,
         }
     }
 
@@ -583,6 +640,9 @@ impl Checkpointer {
         if !self.pending.is_empty() {
             self.ledger.append(&self.pending).map_err(|e| fail(&e))?;
             self.pending.clear();
+            if let Some(head) = &self.head_file {
+                write_head(head, &self.ledger).map_err(|e| fail(&e))?;
+            }
         }
         for segment in self.segments.drain(..) {
             let _ = std::fs::remove_file(segment);

@@ -348,6 +348,7 @@ mod journal {
         JournalConfig {
             durability,
             checkpoint_interval: Duration::from_millis(50),
+            head_file: None,
         }
     }
 
@@ -457,6 +458,7 @@ mod journal {
             JournalConfig {
                 durability: Durability::Relaxed,
                 checkpoint_interval: Duration::from_secs(3600),
+                head_file: None,
             },
         )
         .unwrap();
@@ -694,4 +696,69 @@ fn rfc6962_reference_roots() {
         let hex: String = ledger.root().0.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, roots[i], "size {}", i + 1);
     }
+}
+
+#[tokio::test]
+async fn a_rolled_back_or_substituted_ledger_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let key_file = data.path().join("ledger.key");
+    let ledger_dir = data.path().join("ledger");
+    let config = || JournalConfig {
+        head_file: Some(data.path().join("ledger.head")),
+        ..JournalConfig::default()
+    };
+    let k = || LedgerKey::load_or_create(&key_file, "test.example/palisade/n1").unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let _ = std::fs::remove_dir_all(to);
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let backup = data.path().join("backup");
+    {
+        let (journal, _) = Journal::open(&ledger_dir, k(), config()).unwrap();
+        for i in 0..5 {
+            journal.append(entry(i)).await.unwrap();
+        }
+        journal.checkpoint().await.unwrap();
+        drop(journal);
+        copy(&ledger_dir, &backup);
+        let (journal, _) = Journal::open(&ledger_dir, k(), config()).unwrap();
+        for i in 5..8 {
+            journal.append(entry(i)).await.unwrap();
+        }
+    }
+    // An older copy of the ledger directory would let the key sign new
+    // roots for sizes 6..8 again.
+    let current = data.path().join("current");
+    copy(&ledger_dir, &current);
+    copy(&backup, &ledger_dir);
+    assert!(matches!(
+        Journal::open(&ledger_dir, k(), config()),
+        Err(OpenError::RolledBack {
+            found: 5,
+            signed: 8
+        })
+    ));
+    // A ledger of the same size with other entries, signed with the same key.
+    let _ = std::fs::remove_dir_all(&ledger_dir);
+    {
+        let mut other = Ledger::open(&ledger_dir, k()).unwrap();
+        other
+            .append(&(100..108).map(entry).collect::<Vec<_>>())
+            .unwrap();
+    }
+    assert!(matches!(
+        Journal::open(&ledger_dir, k(), config()),
+        Err(OpenError::Forked { size: 8 })
+    ));
+    // The genuine directory opens again.
+    copy(&current, &ledger_dir);
+    let (journal, recovery) = Journal::open(&ledger_dir, k(), config()).unwrap();
+    assert_eq!(recovery.size, 8);
+    drop(journal);
 }

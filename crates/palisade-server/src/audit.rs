@@ -120,6 +120,7 @@ pub fn open_journal(config: &Config) -> Result<(Journal, Recovery), AuditOpenErr
             LedgerDurability::Relaxed => Durability::Relaxed,
         },
         checkpoint_interval: config.ledger.checkpoint_interval,
+        head_file: Some(data_dir.join("ledger.head")),
     };
     Ok(Journal::open(&ledger_dir(data_dir), key, journal_config)?)
 }
