@@ -3,11 +3,12 @@
 //! The presented key's format and checksum are checked first (no lookup for
 //! a mistyped key); then the record is found by id — from a short-lived
 //! cache, so a revocation made by another process is in force within
-//! [`CACHE_TTL`] — and the key's hash is compared in constant time. Every
+//! [`CACHE_TTL`] (plus the moment it takes to read it again) — and the key's hash is compared in constant time. Every
 //! way a key can be wrong yields the same answer, so a caller cannot learn
 //! whether a key id exists.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -56,8 +57,23 @@ pub enum AuthError {
 
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    cache: RwLock<HashMap<KeyId, (Arc<KeyRecord>, Instant)>>,
+    cache: RwLock<HashMap<KeyId, Cached>>,
 }
+
+/// A record and when it was read. When it goes stale, one request reads it
+/// again while the others keep using it for at most [`REFRESH_GRACE`] more,
+/// so that a busy key does not send every concurrent request to the store
+/// at once.
+#[derive(Clone)]
+struct Cached {
+    record: Arc<KeyRecord>,
+    at: Instant,
+    refreshing: Arc<AtomicBool>,
+}
+
+/// How long past [`CACHE_TTL`] a record may be used while one request is
+/// reading it again.
+const REFRESH_GRACE: Duration = Duration::from_millis(500);
 
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -79,21 +95,47 @@ impl Authenticator {
 
     async fn record(&self, id: &KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let now = Instant::now();
-        if let Ok(cache) = self.cache.read()
-            && let Some((record, at)) = cache.get(id)
-            && now.duration_since(*at) < CACHE_TTL
-        {
-            return Ok(Some(Arc::clone(record)));
+        let cached = self.cache.read().ok().and_then(|c| c.get(id).cloned());
+        let mut claimed = None;
+        if let Some(c) = &cached {
+            let age = now.duration_since(c.at);
+            if age < CACHE_TTL {
+                return Ok(Some(Arc::clone(&c.record)));
+            }
+            let someone_else = c.refreshing.swap(true, Ordering::AcqRel);
+            if someone_else && age < CACHE_TTL + REFRESH_GRACE {
+                return Ok(Some(Arc::clone(&c.record)));
+            }
+            claimed = Some(Arc::clone(&c.refreshing));
         }
-        let Some(record) = self.store.get_key(id).await? else {
-            return Ok(None);
+        let fetched = self.store.get_key(id).await;
+        let record = match fetched {
+            Ok(Some(record)) => Arc::new(record),
+            other => {
+                // Let the next request try again.
+                if let Some(flag) = claimed {
+                    flag.store(false, Ordering::Release);
+                }
+                if let Ok(None) = other
+                    && let Ok(mut cache) = self.cache.write()
+                {
+                    cache.remove(id);
+                }
+                return other.map(|_| None);
+            }
         };
-        let record = Arc::new(record);
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_MAX {
                 cache.clear();
             }
-            cache.insert(id.clone(), (Arc::clone(&record), now));
+            cache.insert(
+                id.clone(),
+                Cached {
+                    record: Arc::clone(&record),
+                    at: now,
+                    refreshing: Arc::new(AtomicBool::new(false)),
+                },
+            );
         }
         Ok(Some(record))
     }

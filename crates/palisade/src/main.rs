@@ -13,6 +13,9 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is SQLite on one connection and file reads: a few
+        // threads are plenty, and each one costs an allocator arena.
+        .max_blocking_threads(8)
         .build()
     {
         Ok(rt) => rt,
