@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use palisade_store::{AuditRow, Store, StoreError};
-use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -22,6 +21,29 @@ pub enum IndexError {
 }
 
 const CHUNK: u64 = 4096;
+
+/// The fields of an entry the index keeps.
+#[derive(serde::Deserialize)]
+struct Indexed<'a> {
+    #[serde(borrow)]
+    time: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    request_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    tenant: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    app: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    env: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    key_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    status: Option<u64>,
+    received_seq: Option<u64>,
+}
 
 /// Indexes every checkpointed entry not yet in the index. Returns one past
 /// the last indexed sequence number.
@@ -50,27 +72,28 @@ pub async fn catch_up(
         let mut rows: Vec<AuditRow> = Vec::with_capacity(entries.len());
         let mut received: HashMap<u64, usize> = HashMap::new();
         for (seq, bytes) in entries {
-            let Ok(entry) = serde_json::from_slice::<Value>(&bytes) else {
+            // Only the indexed fields are decoded; the rest is skipped.
+            let Ok(entry) = serde_json::from_slice::<Indexed<'_>>(&bytes) else {
                 continue;
             };
-            let text = |k: &str| entry[k].as_str().map(str::to_owned);
+            let text = |v: Option<std::borrow::Cow<'_, str>>| v.map(|s| s.into_owned());
             let mut row = AuditRow {
                 seq,
-                time: text("time").unwrap_or_default(),
-                kind: text("kind").unwrap_or_default(),
-                request_id: text("request_id"),
-                tenant: text("tenant"),
-                app: text("app"),
-                env: text("env"),
-                key_id: text("key_id").filter(|k| !k.is_empty()),
-                model: text("model"),
-                status: entry["status"].as_u64().and_then(|s| u16::try_from(s).ok()),
+                time: text(entry.time).unwrap_or_default(),
+                kind: text(entry.kind).unwrap_or_default(),
+                request_id: text(entry.request_id),
+                tenant: text(entry.tenant),
+                app: text(entry.app),
+                env: text(entry.env),
+                key_id: text(entry.key_id).filter(|k| !k.is_empty()),
+                model: text(entry.model),
+                status: entry.status.and_then(|s| u16::try_from(s).ok()),
             };
             if row.kind == "request.received" {
                 received.insert(seq, rows.len());
             }
             if row.kind == "request.completed"
-                && let Some(r_seq) = entry["received_seq"].as_u64()
+                && let Some(r_seq) = entry.received_seq
             {
                 let origin = match received.get(&r_seq) {
                     Some(&i) => Some(rows[i].clone()),
