@@ -7,6 +7,31 @@ use serde_json::json;
 
 use crate::cli::AuditCommand;
 
+/// The local ledger: the data directory, the ledger directory in it, and
+/// the verifier key of the key kept there.
+struct Local {
+    data_dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    vkey: String,
+}
+
+impl Local {
+    fn of(store: &crate::cli::StoreArgs) -> anyhow::Result<Self> {
+        let data_dir = store.data_dir()?;
+        let vkey = LedgerKey::load(&key_path(&data_dir))
+            .with_context(
+                || "no ledger key yet: `palisade init` or the first `palisade serve` creates it",
+            )?
+            .verifier_key()
+            .to_owned();
+        Ok(Self {
+            dir: ledger_dir(&data_dir),
+            data_dir,
+            vkey,
+        })
+    }
+}
+
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Search {
@@ -24,11 +49,11 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let data_dir = store.data_dir()?;
-            let vkey = LedgerKey::load(&key_path(&data_dir))?
-                .verifier_key()
-                .to_owned();
-            let dir = ledger_dir(&data_dir);
+            let Local {
+                data_dir,
+                dir,
+                vkey,
+            } = Local::of(&store)?;
             let db = palisade_store::SqliteStore::open_in(&data_dir)?;
             let size = palisade_server::audit_index::catch_up(&db, &dir, &vkey).await?;
             let query = palisade_store::AuditQuery {
@@ -64,19 +89,12 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::Key { store } => {
-            let path = key_path(&store.data_dir()?);
-            let key = LedgerKey::load(&path).with_context(
-                || "no ledger key yet: `palisade init` or the first `palisade serve` creates it",
-            )?;
-            println!("{}", key.verifier_key());
+            println!("{}", Local::of(&store)?.vkey);
             Ok(())
         }
         AuditCommand::Prove { seq, store, out } => {
-            let data_dir = store.data_dir()?;
-            let vkey = LedgerKey::load(&key_path(&data_dir))?
-                .verifier_key()
-                .to_owned();
-            let proof = palisade_ledger::proof::prove(&ledger_dir(&data_dir), &vkey, seq)?;
+            let Local { dir, vkey, .. } = Local::of(&store)?;
+            let proof = palisade_ledger::proof::prove(&dir, &vkey, seq)?;
             match out {
                 Some(path) => {
                     std::fs::write(&path, proof)
@@ -92,11 +110,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             lines,
             follow,
         } => {
-            let data_dir = store.data_dir()?;
-            let vkey = LedgerKey::load(&key_path(&data_dir))?
-                .verifier_key()
-                .to_owned();
-            let dir = ledger_dir(&data_dir);
+            let Local { dir, vkey, .. } = Local::of(&store)?;
             let size_now = || -> anyhow::Result<u64> {
                 Ok(palisade_ledger::read_checkpoint(&dir, &vkey)?.map_or(0, |(head, _)| head.size))
             };
@@ -123,12 +137,8 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             if from >= to {
                 bail!("--from must come before --to");
             }
-            let data_dir = store.data_dir()?;
-            let vkey = LedgerKey::load(&key_path(&data_dir))?
-                .verifier_key()
-                .to_owned();
-            let done =
-                palisade_ledger::export::export(&ledger_dir(&data_dir), &vkey, &from, &to, &out)?;
+            let Local { dir, vkey, .. } = Local::of(&store)?;
+            let done = palisade_ledger::export::export(&dir, &vkey, &from, &to, &out)?;
             println!(
                 "exported {} entries (of {}) with proofs to {}; check with: palisade audit check-export {} --key '{vkey}'",
                 done.entries,
