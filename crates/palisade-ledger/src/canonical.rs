@@ -5,9 +5,7 @@
 //! byte order) and numbers are integers (so no floating-point formatting is
 //! involved). Anything outside that subset is refused rather than
 //! serialized in a way another JCS implementation might not reproduce.
-//! Strings are escaped as JCS requires: `\"`, `\\`, the short forms
-//! `\b \f \n \r \t`, other control characters as `\u00xx`, everything else
-//! literally (UTF-8).
+//! Strings are escaped as JCS requires (see `write_string`).
 
 use serde_json::Value;
 
@@ -95,27 +93,14 @@ fn write_value(out: &mut Vec<u8>, value: &Value, path: &str) -> Result<(), Canon
     Ok(())
 }
 
+/// JCS escaping is ECMAScript's `JSON.stringify`: `\"`, `\\`, the short
+/// forms `\b \f \n \r \t`, other control characters as lowercase
+/// `\u00xx`, everything else (including `/` and DEL) literally. serde_json
+/// escapes exactly so, copying runs of plain bytes at once; the
+/// `escapes_like_jcs` test pins it.
 fn write_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]
@@ -138,6 +123,16 @@ mod tests {
         assert_eq!(
             String::from_utf8(to_canonical(&v).unwrap()).unwrap(),
             "\"q\\\"b\\\\\\b\\f\\n\\r\\t\\u0001\\u001f/€😀\""
+        );
+    }
+
+    #[test]
+    fn del_and_line_separators_are_literal() {
+        // JSON.stringify leaves U+007F, U+2028 and U+2029 as they are.
+        let v = json!("a\u{7f}b\u{2028}c\u{2029}");
+        assert_eq!(
+            to_canonical(&v).unwrap(),
+            "\"a\u{7f}b\u{2028}c\u{2029}\"".as_bytes()
         );
     }
 
