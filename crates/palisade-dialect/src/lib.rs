@@ -12,6 +12,9 @@ pub mod error;
 pub mod sse;
 pub mod usage;
 
+#[cfg(test)]
+mod robustness;
+
 /// The API family a caller speaks; errors are rendered in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
