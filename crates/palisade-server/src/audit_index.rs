@@ -45,6 +45,20 @@ struct Indexed<'a> {
     received_seq: Option<u64>,
 }
 
+/// Runs a read of the ledger's files on the blocking pool.
+async fn read_ledger<T, E>(
+    read: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, IndexError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| IndexError::Ledger(e.to_string()))?
+        .map_err(|e| IndexError::Ledger(e.to_string()))
+}
+
 /// Indexes every checkpointed entry not yet in the index. Returns one past
 /// the last indexed sequence number.
 pub async fn catch_up(
@@ -54,21 +68,15 @@ pub async fn catch_up(
 ) -> Result<u64, IndexError> {
     let dir: PathBuf = ledger_dir.to_owned();
     let vkey = verifier_key.to_owned();
-    let size = tokio::task::spawn_blocking(move || palisade_ledger::read_checkpoint(&dir, &vkey))
-        .await
-        .map_err(|e| IndexError::Ledger(e.to_string()))?
-        .map_err(|e| IndexError::Ledger(e.to_string()))?
+    let size = read_ledger(move || palisade_ledger::read_checkpoint(&dir, &vkey))
+        .await?
         .map_or(0, |(head, _)| head.size);
     let mut from = store.audit_indexed_through().await?;
     while from < size {
         let to = (from + CHUNK).min(size);
         let dir = ledger_dir.to_owned();
-        let entries = tokio::task::spawn_blocking(move || {
-            palisade_ledger::proof::read_entries(&dir, size, from, to)
-        })
-        .await
-        .map_err(|e| IndexError::Ledger(e.to_string()))?
-        .map_err(|e| IndexError::Ledger(e.to_string()))?;
+        let entries =
+            read_ledger(move || palisade_ledger::proof::read_entries(&dir, size, from, to)).await?;
         let mut rows: Vec<AuditRow> = Vec::with_capacity(entries.len());
         let mut received: HashMap<u64, usize> = HashMap::new();
         for (seq, bytes) in entries {
