@@ -155,6 +155,9 @@ format = "json"
 [ledger]
 durability = "{args.durability}"
 
+[access]
+environments = ["bench"]
+
 [[providers]]
 name = "mock"
 kind = "openai"

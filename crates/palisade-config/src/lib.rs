@@ -39,8 +39,50 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub ledger: LedgerConfig,
+    pub access: AccessConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
+}
+
+/// Who may call, from where, and how keys age.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AccessConfig {
+    /// The environments a key can be bound to.
+    pub environments: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed. A request from any
+    /// other address is judged by the address it connected from.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Keys not rotated for this long are flagged by the access review.
+    #[serde(with = "duration::serde_str")]
+    pub rotation_period: Duration,
+    /// How long a rotated key's old secret keeps working, unless the
+    /// rotation names another grace period.
+    #[serde(with = "duration::serde_str")]
+    pub rotation_grace: Duration,
+    /// Keys unused for this long are disabled (each one an audit entry).
+    /// Unset: never.
+    #[serde(with = "duration::serde_opt")]
+    pub disable_unused_after: Option<Duration>,
+    /// Failed authentications allowed per source address per minute,
+    /// after a burst of `failed_auth_burst`; beyond that, 429 without
+    /// looking at the key.
+    pub failed_auth_per_minute: u32,
+    pub failed_auth_burst: u32,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            environments: ["prod", "staging", "dev"].map(str::to_owned).to_vec(),
+            trusted_proxies: Vec::new(),
+            rotation_period: Duration::from_secs(90 * 86_400),
+            rotation_grace: Duration::from_secs(86_400),
+            disable_unused_after: None,
+            failed_auth_per_minute: 30,
+            failed_auth_burst: 10,
+        }
+    }
 }
 
 /// The audit ledger.
@@ -55,6 +97,9 @@ pub struct LedgerConfig {
     /// How often entries go into tiles and a new signed checkpoint.
     #[serde(with = "duration::serde_str")]
     pub checkpoint_interval: Duration,
+    /// Serve `/audit/checkpoint` and `/audit/tile/...` to anyone who can
+    /// reach the admin listener. Off: an admin or auditor token is needed.
+    pub public: bool,
 }
 
 impl Default for LedgerConfig {
@@ -63,6 +108,7 @@ impl Default for LedgerConfig {
             origin: String::new(),
             durability: LedgerDurability::Strict,
             checkpoint_interval: Duration::from_secs(1),
+            public: false,
         }
     }
 }
@@ -312,6 +358,7 @@ impl Config {
             },
             log: LogConfig::default(),
             ledger: LedgerConfig::default(),
+            access: AccessConfig::default(),
             providers: Vec::new(),
             models: Vec::new(),
         }
@@ -427,6 +474,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
     let providers = section::<Vec<ProviderConfig>>(&mut table, "providers", problems);
     let models = section::<Vec<ModelConfig>>(&mut table, "models", problems);
     let ledger = section::<LedgerConfig>(&mut table, "ledger", problems);
+    let access = section::<AccessConfig>(&mut table, "access", problems);
     for key in table.keys() {
         problems.push(Problem {
             path: key.clone(),
@@ -437,6 +485,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
         server: server?,
         log: log?,
         ledger: ledger?,
+        access: access?,
         providers: providers?,
         models: models?,
     })
@@ -538,6 +587,53 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
         push(
             "ledger.checkpoint_interval".into(),
             "must be between 1ms and 1h".into(),
+        );
+    }
+
+    let access = &config.access;
+    let mut envs = HashSet::new();
+    if access.environments.is_empty() {
+        push(
+            "access.environments".into(),
+            "declare at least one environment, e.g. [\"prod\", \"dev\"]".into(),
+        );
+    }
+    for (i, e) in access.environments.iter().enumerate() {
+        let ok = (1..=16).contains(&e.len())
+            && e.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !ok {
+            push(
+                format!("access.environments[{i}]"),
+                "must be 1 to 16 characters of a-z and 0-9".into(),
+            );
+        }
+        if !envs.insert(e.as_str()) {
+            push(
+                format!("access.environments[{i}]"),
+                format!("duplicate environment `{e}`"),
+            );
+        }
+    }
+    if access.rotation_period.is_zero() {
+        push(
+            "access.rotation_period".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    if access
+        .disable_unused_after
+        .is_some_and(|d| d < Duration::from_secs(86_400))
+    {
+        push(
+            "access.disable_unused_after".into(),
+            "must be at least 1d".into(),
+        );
+    }
+    if access.failed_auth_per_minute == 0 || access.failed_auth_burst == 0 {
+        push(
+            "access.failed_auth_per_minute".into(),
+            "failed_auth_per_minute and failed_auth_burst must be at least 1".into(),
         );
     }
 

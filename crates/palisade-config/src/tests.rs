@@ -215,3 +215,49 @@ fn ledger_section_defaults_and_validation() {
         "{err}"
     );
 }
+
+#[test]
+fn access_section_defaults_and_validation() {
+    let c = Config::from_toml("t", "", no_env()).unwrap();
+    assert_eq!(c.access.environments, ["prod", "staging", "dev"]);
+    assert_eq!(c.access.disable_unused_after, None);
+    assert!(!c.ledger.public);
+    let text = r#"
+[access]
+environments = ["prod", "ci"]
+trusted_proxies = ["10.0.0.0/8", "::1/128"]
+rotation_period = "30d"
+disable_unused_after = "60d"
+"#;
+    let c = Config::from_toml("t", text, no_env()).unwrap();
+    assert_eq!(c.access.environments, ["prod", "ci"]);
+    assert_eq!(c.access.trusted_proxies.len(), 2);
+    assert_eq!(
+        c.access.disable_unused_after,
+        Some(Duration::from_secs(60 * 86_400))
+    );
+    let bad = r#"
+[access]
+environments = ["Prod", "dev", "dev"]
+trusted_proxies = ["not-a-net"]
+"#;
+    let err = Config::from_toml("t", bad, no_env()).unwrap_err();
+    assert_eq!(paths(&err), ["access.trusted_proxies[0]"], "{err}");
+    let bad = r#"
+[access]
+environments = ["Prod", "dev", "dev"]
+disable_unused_after = "1h"
+failed_auth_burst = 0
+"#;
+    let err = Config::from_toml("t", bad, no_env()).unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "access.environments[0]",
+            "access.environments[2]",
+            "access.disable_unused_after",
+            "access.failed_auth_per_minute"
+        ],
+        "{err}"
+    );
+}

@@ -64,7 +64,14 @@ pub struct Envelope<'a> {
     model: String,
     stream: bool,
     include_usage: bool,
+    max_tokens: Option<u64>,
+    /// Members the gateway adds, appended by `rewrite`.
+    added: Vec<(&'static str, String)>,
 }
+
+/// The request fields that bound the completion's length, by endpoint.
+pub const MAX_TOKENS_FIELDS: &[&str] =
+    &["max_tokens", "max_completion_tokens", "max_output_tokens"];
 
 impl<'a> Envelope<'a> {
     pub fn parse(body: &'a [u8], endpoint: Endpoint) -> Result<Self, EnvelopeError> {
@@ -72,6 +79,7 @@ impl<'a> Envelope<'a> {
         let mut model = None;
         let mut stream = false;
         let mut include_usage = false;
+        let mut max_tokens: Option<u64> = None;
         for (key, raw) in &members {
             match key.as_str() {
                 "model" => {
@@ -93,6 +101,22 @@ impl<'a> Envelope<'a> {
                 "stream_options" => {
                     include_usage = read_include_usage(raw)?;
                 }
+                "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+                    let field = MAX_TOKENS_FIELDS
+                        .iter()
+                        .copied()
+                        .find(|f| f == key)
+                        .unwrap_or("max_tokens");
+                    let n = serde_json::from_str::<Option<u64>>(raw.get()).map_err(|_| {
+                        EnvelopeError::WrongType {
+                            field,
+                            expected: "a whole number",
+                        }
+                    })?;
+                    if let Some(n) = n {
+                        max_tokens = Some(max_tokens.map_or(n, |m| m.max(n)));
+                    }
+                }
                 _ => {}
             }
         }
@@ -111,7 +135,24 @@ impl<'a> Envelope<'a> {
             model,
             stream,
             include_usage,
+            max_tokens,
+            added: Vec::new(),
         })
+    }
+
+    /// The largest of `max_tokens`, `max_completion_tokens` and
+    /// `max_output_tokens`, when the request sets one.
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.max_tokens
+    }
+
+    /// Adds a top-level member the client did not send (`value` is JSON).
+    /// Ignored when the client sent `key`.
+    pub fn add_member(&mut self, key: &'static str, value: String) {
+        if !self.members.iter().any(|(k, _)| k == key) && !self.added.iter().any(|(k, _)| *k == key)
+        {
+            self.added.push((key, value));
+        }
     }
 
     /// The model the client asked for.
@@ -139,6 +180,11 @@ impl<'a> Envelope<'a> {
             .map(|(k, v)| k.len() + v.get().len() + 4)
             .sum::<usize>()
             + upstream_model.len()
+            + self
+                .added
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
             + 48;
         let mut out = Vec::with_capacity(capacity);
         out.push(b'{');
@@ -158,11 +204,22 @@ impl<'a> Envelope<'a> {
                 _ => out.extend_from_slice(raw.get().as_bytes()),
             }
         }
+        let mut any = !self.members.is_empty();
         if force_include_usage && !wrote_stream_options {
-            if !self.members.is_empty() {
+            if any {
                 out.push(b',');
             }
             out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+            any = true;
+        }
+        for (key, value) in &self.added {
+            if any {
+                out.push(b',');
+            }
+            write_json_string(&mut out, key);
+            out.push(b':');
+            out.extend_from_slice(value.as_bytes());
+            any = true;
         }
         out.push(b'}');
         out
@@ -286,6 +343,37 @@ mod tests {
             .unwrap();
         assert!(!e.stream());
         assert!(e.include_usage());
+    }
+
+    #[test]
+    fn reads_the_largest_token_bound_and_adds_members() {
+        assert_eq!(parse(r#"{"model":"m"}"#).unwrap().max_tokens(), None);
+        assert_eq!(
+            parse(r#"{"model":"m","max_tokens":null}"#)
+                .unwrap()
+                .max_tokens(),
+            None
+        );
+        let e = parse(r#"{"model":"m","max_tokens":10,"max_completion_tokens":300}"#).unwrap();
+        assert_eq!(e.max_tokens(), Some(300));
+        assert_eq!(
+            parse(r#"{"model":"m","max_output_tokens":"9"}"#).unwrap_err(),
+            EnvelopeError::WrongType {
+                field: "max_output_tokens",
+                expected: "a whole number"
+            }
+        );
+        assert!(parse(r#"{"model":"m","max_tokens":-1}"#).is_err());
+
+        let mut e = parse(r#"{"model":"m","n":1}"#).unwrap();
+        e.add_member("max_completion_tokens", "256".into());
+        e.add_member("max_completion_tokens", "999".into());
+        e.add_member("n", "5".into());
+        let out = String::from_utf8(e.rewrite("u", true)).unwrap();
+        assert_eq!(
+            out,
+            r#"{"model":"u","n":1,"stream_options":{"include_usage":true},"max_completion_tokens":256}"#
+        );
     }
 
     #[test]

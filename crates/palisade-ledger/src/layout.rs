@@ -78,18 +78,54 @@ pub fn read_tile(
     item_len: Option<usize>,
 ) -> std::io::Result<Vec<u8>> {
     let full = root.join(tile_path(level, n, WIDTH));
-    match std::fs::read(&full) {
-        Ok(mut data) => {
-            if let Some(len) = item_len {
-                data.truncate(len * width as usize);
-            }
-            Ok(data)
-        }
+    let data = match std::fs::read(&full) {
+        Ok(data) => data,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && width < WIDTH => {
-            std::fs::read(root.join(tile_path(level, n, width)))
+            match std::fs::read(root.join(tile_path(level, n, width))) {
+                Ok(data) => return Ok(data),
+                // A newer checkpoint replaced this partial tile with a
+                // wider one, which starts with the same items.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    wider_partial(root, level, n, width).ok_or(e)?
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    Ok(match item_len {
+        Some(len) => {
+            let mut data = data;
+            data.truncate(len * width as usize);
+            data
+        }
+        None => truncate_bundle(data, width),
+    })
+}
+
+/// The narrowest partial tile wider than `width`, if any.
+fn wider_partial(root: &Path, level: Option<u8>, n: u64, width: u64) -> Option<Vec<u8>> {
+    let narrow = tile_path(level, n, width);
+    let dir = root.join(narrow.rsplit_once('/')?.0);
+    let best = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|w| *w > width && *w < WIDTH)
+        .min()?;
+    std::fs::read(dir.join(best.to_string())).ok()
+}
+
+/// The first `width` entries of a bundle (all of it when it has no more).
+fn truncate_bundle(mut data: Vec<u8>, width: u64) -> Vec<u8> {
+    let mut at = 0usize;
+    for _ in 0..width {
+        let Some(len) = data.get(at..at + 2) else {
+            return data;
+        };
+        at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
     }
+    data.truncate(at.min(data.len()));
+    data
 }
 
 /// Encodes entries as a bundle: each as a big-endian uint16 length, then
@@ -128,6 +164,30 @@ mod tests {
         assert_eq!(tile_path(Some(1), 7, 3), "tile/1/007.p/3");
         assert_eq!(tile_path(None, 1000, 256), "tile/entries/x001/000");
         assert_eq!(tile_path(None, 5, 17), "tile/entries/005.p/17");
+    }
+
+    #[test]
+    fn a_superseded_partial_tile_is_read_from_a_wider_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 3]).collect();
+        let bundle = encode_bundle(entries.iter().map(Vec::as_slice));
+        let path = dir.path().join(tile_path(None, 0, 5));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &bundle).unwrap();
+        let got = read_tile(dir.path(), None, 0, 3, None).unwrap();
+        let first3 = encode_bundle(entries[..3].iter().map(Vec::as_slice));
+        assert_eq!(got, first3);
+        let hashes = vec![7u8; 32 * 5];
+        let path = dir.path().join(tile_path(Some(0), 0, 5));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &hashes).unwrap();
+        assert_eq!(
+            read_tile(dir.path(), Some(0), 0, 2, Some(32))
+                .unwrap()
+                .len(),
+            64
+        );
+        assert!(read_tile(dir.path(), Some(0), 0, 7, Some(32)).is_err());
     }
 
     #[test]

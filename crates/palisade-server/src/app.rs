@@ -18,7 +18,7 @@
 //! 5. **routes** ([`crate::routes`]) — the handlers.
 
 use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,8 @@ use tokio::net::TcpListener;
 
 use crate::access_log::{AccessLog, AccessRecord, AccessSink};
 use crate::audit::{Audit, Denied};
-use crate::auth::{AuthError, Authenticator};
-use crate::error::{ApiError, ErrorKind};
+use crate::auth::{Authenticator, Refused, RefusedKind, client_ip};
+use crate::error::{ApiError, DenyReason, ErrorKind};
 use crate::metrics::{EndpointLabels, Metrics, RequestLabels};
 use crate::proxy::DeferredCompletion;
 use crate::registry::{Registry, RegistryError};
@@ -73,9 +73,16 @@ pub fn proxy_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The admin router: metrics now; the admin API and the ledger later.
+/// The admin router: metrics and health (open), the ledger's tiles and
+/// the admin API (an admin token; the tiles are open with `ledger.public`).
 pub fn admin_router(state: AppState) -> Router {
+    let ledger = routes::ledger().layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::admin::authenticate,
+    ));
     routes::admin()
+        .merge(ledger)
+        .merge(crate::admin::router(state.clone()))
         .layer(middleware::from_fn(request_id::layer))
         .with_state(state)
 }
@@ -128,14 +135,8 @@ impl Application {
         let audit = Audit::new(deps.journal, deps.config_hash);
         audit.record_start(&config, &deps.recovery).await?;
         let store = Arc::clone(&deps.store);
-        let state = AppState::new(
-            config,
-            registry,
-            Authenticator::new(deps.store),
-            access_log,
-            metrics,
-            audit,
-        );
+        let auth = Authenticator::new(deps.store, &config.access);
+        let state = AppState::new(config, registry, auth, access_log, metrics, audit);
         let indexer = (store, INDEX_EVERY);
         Ok(Self {
             proxy,
@@ -194,10 +195,10 @@ impl Application {
         let indexer = tokio::spawn(crate::audit_index::run(
             store,
             journal,
-            self.state.config().server.data_dir.clone(),
             every,
             token.clone(),
         ));
+        let housekeeping = tokio::spawn(housekeeping(self.state.clone(), token.clone()));
         let servers = async move {
             let (p, a) = tokio::join!(proxy, admin);
             p.map_err(std::io::Error::other)??;
@@ -219,15 +220,55 @@ impl Application {
         }
         token.cancel();
         let _ = indexer.await;
-        // Actions taken on the data directory meanwhile go on record too.
-        let data_dir = self.state.config().server.data_dir.clone();
-        if let Err(e) = crate::audit::drain_outbox(self.state.audit().journal(), &data_dir).await {
-            tracing::error!(target: "palisade::audit", error = %e, "audit outbox not drained at shutdown");
-        }
+        let _ = housekeeping.await;
         // Everything queued goes into a final checkpoint.
         let journal = Arc::clone(self.state.audit().journal());
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         result
+    }
+}
+
+/// How often last-use times are written to the store.
+const FLUSH_USE_EVERY: Duration = Duration::from_secs(10);
+/// How often keys unused past `access.disable_unused_after` are disabled.
+const DISABLE_UNUSED_EVERY: Duration = Duration::from_secs(3600);
+
+/// Writes keys' last-use times, and disables keys unused for too long (at
+/// start-up, then hourly), until `stop`; a last flush on the way out.
+async fn housekeeping(state: AppState, stop: tokio_util::sync::CancellationToken) {
+    let mut flush = tokio::time::interval(FLUSH_USE_EVERY);
+    let mut disable = tokio::time::interval(DISABLE_UNUSED_EVERY);
+    loop {
+        tokio::select! {
+            _ = flush.tick() => {
+                if let Err(e) = state.auth().flush_use().await {
+                    tracing::warn!(target: "palisade::auth", error = %e, "key last-use times not written");
+                }
+            }
+            _ = disable.tick() => {
+                if let Some(after) = state.config().access.disable_unused_after {
+                    // Use noted since the last flush counts.
+                    let _ = state.auth().flush_use().await;
+                    let manager = crate::manage::Manager {
+                        store: state.auth().store().as_ref(),
+                        audit: state.audit(),
+                        config: state.config(),
+                        cache: state.auth(),
+                    };
+                    match manager.disable_unused(after, palisade_store::unix_now()).await {
+                        Ok(ids) if !ids.is_empty() => {
+                            tracing::info!(target: "palisade::auth", count = ids.len(), "disabled unused keys");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(target: "palisade::auth", error = %e, "unused keys not disabled"),
+                    }
+                }
+            }
+            () = stop.cancelled() => break,
+        }
+    }
+    if let Err(e) = state.auth().flush_use().await {
+        tracing::warn!(target: "palisade::auth", error = %e, "key last-use times not written");
     }
 }
 
@@ -296,17 +337,23 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
         .get::<ErrorKind>()
         .map_or("", |k| k.label());
     if status.as_u16() >= 400 {
+        let reason = resp.extensions().get::<DenyReason>().map_or(error, |r| r.0);
+        let client = resp
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|c| c.0)
+            .or(peer.map(|p| p.ip()));
         state.audit().denied(&Denied {
             request_id: request_id
                 .as_ref()
                 .map(RequestId::as_str)
                 .unwrap_or_default(),
-            reason: error,
+            reason,
             status: status.as_u16(),
             method: method.as_str(),
             path: &path,
             key_id,
-            source: peer,
+            source: client,
         });
     }
     metrics
@@ -330,9 +377,25 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
     resp
 }
 
-/// The key id of an authenticated request, carried to the access log.
+/// The key id of a request — the authenticated one, or the one a refused
+/// caller claimed — carried to the access log and the audit record.
 #[derive(Debug, Clone)]
 struct KeyIdTag(String);
+
+/// The address a request is judged by: the peer, or the client a trusted
+/// proxy names (see [`crate::auth::client_ip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+/// The scope label of a proxy path; `None` for paths every key may use
+/// (the model list, which is filtered by the key's model scope) and for
+/// unknown paths (which answer 404).
+fn scope_label(path: &str) -> Option<&'static str> {
+    Endpoint::ALL
+        .iter()
+        .find(|e| e.path() == path)
+        .map(|e| e.label())
+}
 
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
@@ -340,33 +403,78 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         return next.run(req).await;
     }
     let dialect = Dialect::of_path(path);
-    match state.auth().authenticate(req.headers()).await {
+    let endpoint = scope_label(path);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let client = client_ip(peer, req.headers(), &state.config().access.trusted_proxies);
+    req.extensions_mut().insert(ClientAddr(client));
+    match state
+        .auth()
+        .authenticate(req.headers(), client, endpoint)
+        .await
+    {
         Ok(principal) => {
             let tag = KeyIdTag(principal.key_id().as_str().to_owned());
             req.extensions_mut().insert(principal);
             let mut resp = next.run(req).await;
             resp.extensions_mut().insert(tag);
+            resp.extensions_mut().insert(ClientAddr(client));
             resp
         }
-        Err(AuthError::Missing) => ApiError::new(
+        Err(refused) => {
+            if refused.throttling_started {
+                state.audit().throttled(client, &state.config().access);
+            }
+            let mut resp = refusal(&refused, dialect).into_response();
+            if let Some(id) = refused.claimed_id {
+                resp.extensions_mut()
+                    .insert(KeyIdTag(id.as_str().to_owned()));
+            }
+            resp.extensions_mut().insert(ClientAddr(client));
+            resp
+        }
+    }
+}
+
+/// What a refused caller is told: the same for every unusable key.
+pub(crate) fn refusal(refused: &Refused, dialect: Dialect) -> ApiError {
+    let e = match &refused.kind {
+        RefusedKind::Missing => ApiError::new(
             ErrorKind::MissingKey,
             dialect,
             "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
-        )
-        .into_response(),
-        Err(AuthError::Invalid) => {
-            ApiError::new(ErrorKind::InvalidKey, dialect, "invalid API key").into_response()
+        ),
+        RefusedKind::Invalid | RefusedKind::WrongKind => {
+            ApiError::new(ErrorKind::InvalidKey, dialect, "invalid API key")
         }
-        Err(AuthError::Store(e)) => {
+        RefusedKind::Throttled { retry_after } => ApiError::new(
+            ErrorKind::AuthThrottled,
+            dialect,
+            "too many failed authentication attempts from this address; try again later",
+        )
+        .with_retry_after(*retry_after),
+        RefusedKind::Network => ApiError::new(
+            ErrorKind::PermissionDenied,
+            dialect,
+            "this API key may not be used from this network address",
+        ),
+        RefusedKind::Endpoint => ApiError::new(
+            ErrorKind::PermissionDenied,
+            dialect,
+            "this API key may not use this endpoint",
+        ),
+        RefusedKind::Store(e) => {
             tracing::error!(target: "palisade::auth", error = %e, "key store unavailable; refusing requests");
             ApiError::new(
                 ErrorKind::Unavailable,
                 dialect,
                 "the gateway cannot check API keys right now",
             )
-            .into_response()
         }
-    }
+    };
+    e.with_reason(refused.reason)
 }
 
 /// axum answers a known path with the wrong method with an empty 405; give

@@ -12,7 +12,7 @@
 //! | `request.completed` | when the exchange ends, however it ends |
 //! | `request.denied` | for every refused request (bad key, bad input, unknown model, …) |
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,8 +41,6 @@ pub enum AuditOpenError {
     },
     #[error(transparent)]
     Journal(#[from] palisade_ledger::OpenError),
-    #[error("cannot record in the audit ledger or its outbox: {0}")]
-    Outbox(std::io::Error),
 }
 
 /// Where a data directory keeps its ledger.
@@ -125,90 +123,6 @@ pub fn open_journal(config: &Config) -> Result<(Journal, Recovery), AuditOpenErr
     Ok(Journal::open(&ledger_dir(data_dir), key, journal_config)?)
 }
 
-/// Where actions taken outside the gateway wait for it when it holds the
-/// ledger.
-pub fn outbox_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("audit-outbox")
-}
-
-/// Where an entry recorded outside the gateway went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recorded {
-    /// Into the ledger, at this sequence number.
-    Ledger(u64),
-    /// A running gateway holds the ledger: into the outbox it drains.
-    Outbox(std::path::PathBuf),
-}
-
-/// Records an entry for an action taken outside the gateway (the CLI on the
-/// data directory): straight into the ledger when no gateway holds it,
-/// otherwise durably into the outbox, which the running gateway appends to
-/// the ledger within seconds. Fails — and the caller must not act — when
-/// neither is possible.
-pub async fn record_offline(
-    config: &Config,
-    kind: &str,
-    fields: Value,
-) -> Result<Recorded, AuditOpenError> {
-    let origin = resolve_origin(config)?;
-    let entry = palisade_ledger::canonical::entry(kind, &origin, fields).unwrap_or_default();
-    match open_journal(config) {
-        Ok((journal, _)) => {
-            let seq = journal
-                .append(entry)
-                .await
-                .map_err(|e| AuditOpenError::Outbox(std::io::Error::other(e.to_string())))?;
-            // Dropping the journal checkpoints what was appended.
-            drop(journal);
-            Ok(Recorded::Ledger(seq))
-        }
-        Err(AuditOpenError::Journal(palisade_ledger::OpenError::Locked(_))) => {
-            let dir = outbox_dir(&config.server.data_dir);
-            let name = format!(
-                "{}-{}.entry",
-                palisade_ledger::time::timestamp(std::time::SystemTime::now()).replace(':', ""),
-                random_suffix()
-            );
-            palisade_ledger::layout::write_atomic(&dir, &name, &entry)
-                .map_err(AuditOpenError::Outbox)?;
-            Ok(Recorded::Outbox(dir.join(name)))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn random_suffix() -> String {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Appends the outbox's entries to the ledger, oldest first, removing each
-/// once it is recorded. Returns how many were moved.
-pub async fn drain_outbox(journal: &Journal, data_dir: &Path) -> std::io::Result<usize> {
-    let dir = outbox_dir(data_dir);
-    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "entry"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    files.sort();
-    let mut moved = 0;
-    for path in files {
-        let entry = std::fs::read(&path)?;
-        journal
-            .append(entry)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        std::fs::remove_file(&path)?;
-        moved += 1;
-    }
-    Ok(moved)
-}
-
 /// The gateway's writer of audit entries.
 pub struct Audit {
     journal: Arc<Journal>,
@@ -222,7 +136,7 @@ pub struct Received<'a> {
     pub app: &'a str,
     pub env: &'a str,
     pub key_id: &'a str,
-    pub source: Option<SocketAddr>,
+    pub source: Option<IpAddr>,
     pub endpoint: &'a str,
     pub dialect: &'a str,
     pub model: &'a str,
@@ -255,7 +169,7 @@ pub struct Denied<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub key_id: &'a str,
-    pub source: Option<SocketAddr>,
+    pub source: Option<IpAddr>,
 }
 
 fn bounded(s: &str, max: usize) -> String {
@@ -347,7 +261,7 @@ impl Audit {
                 "app": r.app,
                 "env": r.env,
                 "key_id": r.key_id,
-                "source": r.source.map(|s| s.ip().to_string()),
+                "source": r.source.map(|s| s.to_string()),
                 "endpoint": r.endpoint,
                 "dialect": r.dialect,
                 "model": bounded(r.model, 256),
@@ -381,6 +295,19 @@ impl Audit {
         );
     }
 
+    /// Failed authentications from `source` passed the configured rate:
+    /// its requests are refused for a while without being checked.
+    pub fn throttled(&self, source: IpAddr, access: &palisade_config::AccessConfig) {
+        self.submit(
+            "auth.throttled",
+            json!({
+                "source": source.to_string(),
+                "failed_auth_per_minute": access.failed_auth_per_minute,
+                "failed_auth_burst": access.failed_auth_burst,
+            }),
+        );
+    }
+
     pub fn denied(&self, d: &Denied<'_>) {
         self.submit(
             "request.denied",
@@ -391,7 +318,7 @@ impl Audit {
                 "method": d.method,
                 "path": bounded(d.path, 200),
                 "key_id": d.key_id,
-                "source": d.source.map(|s| s.ip().to_string()),
+                "source": d.source.map(|s| s.to_string()),
             }),
         );
     }

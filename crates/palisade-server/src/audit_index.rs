@@ -123,12 +123,10 @@ pub async fn catch_up(
     Ok(from)
 }
 
-/// Every `every` until `stop` is cancelled: moves entries from the outbox
-/// into the ledger and brings the index up to date.
+/// Every `every` until `stop` is cancelled: brings the index up to date.
 pub async fn run(
     store: Arc<dyn Store>,
     journal: Arc<palisade_ledger::Journal>,
-    data_dir: PathBuf,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -137,9 +135,6 @@ pub async fn run(
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
-        }
-        if let Err(e) = crate::audit::drain_outbox(&journal, &data_dir).await {
-            tracing::error!(target: "palisade::audit", error = %e, "audit outbox not drained");
         }
         if let Err(e) = catch_up(store.as_ref(), journal.dir(), journal.verifier_key()).await {
             tracing::warn!(target: "palisade::audit", error = %e, "audit index not updated");

@@ -24,6 +24,11 @@ pub enum ErrorKind {
     BodyTooLarge,
     MissingKey,
     InvalidKey,
+    /// A valid key used outside its scope (model, endpoint, network,
+    /// max tokens).
+    PermissionDenied,
+    /// Too many failed authentications from the caller's address.
+    AuthThrottled,
     ModelNotFound,
     NotFound,
     MethodNotAllowed,
@@ -48,6 +53,8 @@ impl ErrorKind {
             Self::BodyTooLarge => "body_too_large",
             Self::MissingKey => "missing_key",
             Self::InvalidKey => "invalid_key",
+            Self::PermissionDenied => "permission_denied",
+            Self::AuthThrottled => "auth_throttled",
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -67,6 +74,8 @@ impl ErrorKind {
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::AuthThrottled => StatusCode::TOO_MANY_REQUESTS,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamRejected => StatusCode::BAD_REQUEST,
@@ -89,7 +98,8 @@ impl ErrorKind {
             | Self::NotFound
             | Self::MethodNotAllowed
             | Self::UpstreamRejected => "invalid_request_error",
-            Self::UpstreamRateLimited => "rate_limit_error",
+            Self::PermissionDenied => "permission_error",
+            Self::UpstreamRateLimited | Self::AuthThrottled => "rate_limit_error",
             Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamFailed => {
                 "upstream_error"
             }
@@ -105,6 +115,8 @@ impl ErrorKind {
             }
             Self::BodyTooLarge => "request_too_large",
             Self::MissingKey | Self::InvalidKey => "authentication_error",
+            Self::PermissionDenied => "permission_error",
+            Self::AuthThrottled => "rate_limit_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::UpstreamRateLimited => "rate_limit_error",
             Self::UpstreamUnreachable
@@ -121,6 +133,8 @@ impl ErrorKind {
         match self {
             Self::MissingKey => Some("missing_api_key"),
             Self::InvalidKey => Some("invalid_api_key"),
+            Self::PermissionDenied => Some("permission_denied"),
+            Self::AuthThrottled => Some("auth_throttled"),
             Self::ModelNotFound => Some("model_not_found"),
             Self::BodyTooLarge => Some("request_too_large"),
             Self::UpstreamUnreachable => Some("upstream_unreachable"),
@@ -141,7 +155,13 @@ pub struct ApiError {
     param: Option<&'static str>,
     status: Option<StatusCode>,
     retry_after: Option<HeaderValue>,
+    reason: Option<&'static str>,
 }
+
+/// Why a request was refused, in more detail than its error kind, for the
+/// audit record (`request.denied`'s `reason`). Never sent to the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct DenyReason(pub &'static str);
 
 impl ApiError {
     pub fn new(kind: ErrorKind, dialect: Dialect, message: impl Into<Cow<'static, str>>) -> Self {
@@ -152,7 +172,21 @@ impl ApiError {
             param: None,
             status: None,
             retry_after: None,
+            reason: None,
         }
+    }
+
+    /// The reason the audit record gives (see [`DenyReason`]).
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// `Retry-After`, in whole seconds (at least 1).
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        self.retry_after = Some(HeaderValue::from(secs.max(1)));
+        self
     }
 
     pub fn with_param(mut self, param: &'static str) -> Self {
@@ -252,6 +286,9 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, ra);
         }
         resp.extensions_mut().insert(self.kind);
+        if let Some(reason) = self.reason {
+            resp.extensions_mut().insert(DenyReason(reason));
+        }
         resp
     }
 }

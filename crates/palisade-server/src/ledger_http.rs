@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::AdminPrincipal;
 use crate::state::AppState;
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -54,12 +55,18 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 }
 
 /// Every read of the ledger through the admin listener is itself recorded:
-/// who (for now, the source address) read what, and the answer.
-fn record_read(state: &AppState, peer: Option<SocketAddr>, path: &str, status: StatusCode) {
+/// who read what, from where, and the answer.
+fn record_read(
+    state: &AppState,
+    who: Option<&AdminPrincipal>,
+    peer: Option<SocketAddr>,
+    path: &str,
+    status: StatusCode,
+) {
     state.audit().submit(
         "audit.read",
         serde_json::json!({
-            "actor": "anonymous",
+            "actor": who.map_or_else(|| "anonymous".to_owned(), AdminPrincipal::actor),
             "source": peer.map(|p| p.ip().to_string()),
             "path": path.chars().filter(|c| !c.is_control()).take(200).collect::<String>(),
             "status": status.as_u16(),
@@ -67,10 +74,18 @@ fn record_read(state: &AppState, peer: Option<SocketAddr>, path: &str, status: S
     );
 }
 
-pub async fn checkpoint(State(state): State<AppState>, Peer(peer): Peer) -> Response {
+type Who = Option<axum::Extension<AdminPrincipal>>;
+
+pub async fn checkpoint(State(state): State<AppState>, Peer(peer): Peer, who: Who) -> Response {
     let path = state.audit().journal().dir().join("checkpoint");
     let mut resp = serve_file(path, NO_CACHE);
-    record_read(&state, peer, "/audit/checkpoint", resp.status());
+    record_read(
+        &state,
+        who.as_deref(),
+        peer,
+        "/audit/checkpoint",
+        resp.status(),
+    );
     if resp.status() == StatusCode::OK {
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -83,6 +98,7 @@ pub async fn checkpoint(State(state): State<AppState>, Peer(peer): Peer) -> Resp
 pub async fn tile(
     State(state): State<AppState>,
     Peer(peer): Peer,
+    who: Who,
     Path(rest): Path<String>,
 ) -> Response {
     let resp = match tile_path_kind(&rest) {
@@ -92,7 +108,13 @@ pub async fn tile(
             serve_file(file, if partial { NO_CACHE } else { IMMUTABLE })
         }
     };
-    record_read(&state, peer, &format!("/audit/tile/{rest}"), resp.status());
+    record_read(
+        &state,
+        who.as_deref(),
+        peer,
+        &format!("/audit/tile/{rest}"),
+        resp.status(),
+    );
     resp
 }
 

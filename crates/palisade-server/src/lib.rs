@@ -3,6 +3,7 @@
 //! for the map.
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod audit_index;
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod error;
 mod health;
 mod ledger_http;
+pub mod manage;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;

@@ -16,6 +16,7 @@ use palisade_dialect::usage;
 use palisade_dialect::{Dialect, Endpoint};
 use serde_json::json;
 
+use crate::app::ClientAddr;
 use crate::audit::Received;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorKind};
@@ -59,8 +60,18 @@ pub async fn messages(State(state): State<AppState>, req: Request) -> Result<Res
 
 /// `GET /v1/models`: the models this gateway serves, in the OpenAI shape, or
 /// the Anthropic shape when the caller sends `anthropic-version`.
-pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let models = state.registry().models();
+pub async fn list_models(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
+    let scope = principal.as_ref().map(|p| p.scope());
+    let models: Vec<_> = state
+        .registry()
+        .models()
+        .iter()
+        .filter(|m| scope.is_none_or(|s| s.allows_model(m.name())))
+        .collect();
     if headers.contains_key("anthropic-version") {
         let data: Vec<_> = models
             .iter()
@@ -80,6 +91,55 @@ pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> R
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
+/// The key's scope applied to the request body: the model it may ask for,
+/// and the most tokens it may ask for — added to a request that does not
+/// bound its completion, so that the provider enforces it.
+fn authorize(
+    principal: &Principal,
+    envelope: &mut Envelope<'_>,
+    endpoint: Endpoint,
+) -> Result<(), ApiError> {
+    let dialect = endpoint.dialect();
+    let scope = principal.scope();
+    if !scope.allows_model(envelope.model()) {
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            dialect,
+            format!(
+                "this API key may not use the model `{}`",
+                printable(envelope.model())
+            ),
+        )
+        .with_param("model")
+        .with_reason("model_not_allowed"));
+    }
+    let Some(limit) = scope.max_tokens else {
+        return Ok(());
+    };
+    match envelope.max_tokens() {
+        Some(asked) if asked > u64::from(limit) => Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            dialect,
+            format!("the request asks for up to {asked} tokens; this API key allows at most {limit} per request"),
+        )
+        .with_param("max_tokens")
+        .with_reason("max_tokens_exceeded")),
+        Some(_) => Ok(()),
+        None => {
+            let field = match endpoint {
+                Endpoint::ChatCompletions => Some("max_completion_tokens"),
+                Endpoint::Completions | Endpoint::Messages => Some("max_tokens"),
+                Endpoint::Responses => Some("max_output_tokens"),
+                Endpoint::Embeddings => None,
+            };
+            if let Some(field) = field {
+                envelope.add_member(field, limit.to_string());
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     let dialect = endpoint.dialect();
@@ -97,8 +157,9 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .ok_or_else(|| ApiError::new(ErrorKind::Internal, dialect, "request not authenticated"))?;
     let body = read_body(body, &parts.headers, state.max_body_bytes(), dialect).await?;
 
-    let envelope = Envelope::parse(&body, endpoint)
+    let mut envelope = Envelope::parse(&body, endpoint)
         .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, dialect, e.to_string()))?;
+    authorize(&principal, &mut envelope, endpoint)?;
     let model = state
         .registry()
         .model(envelope.model())
@@ -174,7 +235,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             app: principal.app(),
             env: principal.env(),
             key_id: principal.key_id().as_str(),
-            source: peer,
+            source: parts.extensions.get::<ClientAddr>().map(|c| c.0),
             endpoint: endpoint.path(),
             dialect: dialect.as_str(),
             model: model.name(),

@@ -20,11 +20,19 @@ pub fn proxy() -> Router<AppState> {
         .fallback(app::not_found)
 }
 
+/// The admin listener's open paths. The admin API is added by
+/// [`crate::admin::router`], the ledger by [`ledger`].
 pub fn admin() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(health::metrics))
-        .route("/audit/checkpoint", get(ledger_http::checkpoint))
-        .route("/audit/tile/{*rest}", get(ledger_http::tile))
         .route("/healthz", get(health::healthz))
         .fallback(app::not_found)
+}
+
+/// The ledger in the tlog-tiles layout (guarded by the admin API's
+/// authentication unless `ledger.public`).
+pub fn ledger() -> Router<AppState> {
+    Router::new()
+        .route("/audit/checkpoint", get(ledger_http::checkpoint))
+        .route("/audit/tile/{*rest}", get(ledger_http::tile))
 }

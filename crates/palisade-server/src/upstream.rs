@@ -35,28 +35,38 @@ pub enum ClientBuildError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the client for one provider.
-pub fn build_client(provider: &ProviderConfig) -> Result<HttpClient, ClientBuildError> {
+/// A TLS client configuration trusting the web roots plus the PEM
+/// certificates in `ca_file`. Certificate verification cannot be turned off.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, ClientBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &provider.ca_file {
+    if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(Iterator::collect)
             .map_err(|source| ClientBuildError::CaFile {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?;
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(ClientBuildError::CaEmpty { path: path.clone() });
+            return Err(ClientBuildError::CaEmpty {
+                path: path.to_owned(),
+            });
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_no_client_auth())
+}
+
+/// Builds the client for one provider.
+pub fn build_client(provider: &ProviderConfig) -> Result<HttpClient, ClientBuildError> {
+    let tls = tls_client_config(provider.ca_file.as_deref())?;
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);

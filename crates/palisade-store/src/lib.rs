@@ -6,12 +6,16 @@
 //! trait for several gateway nodes. Key material is generated and checked in
 //! [`keys`], which does no I/O.
 
+pub mod admins;
 pub mod keys;
+pub mod scope;
 mod sqlite;
 
 use async_trait::async_trait;
 
+pub use admins::{AdminRecord, NewAdmin, Role};
 pub use keys::{ApiKey, KeyError, KeyId, KeyRecord, NewKey};
+pub use scope::Scope;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("invalid key request: {0}")]
     InvalidKey(#[from] KeyError),
+    #[error("the store holds a malformed {what}")]
+    Corrupt { what: &'static str },
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -46,6 +52,41 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a key. `Ok(false)` when no such key exists; revoking twice
     /// keeps the first time.
     async fn revoke_key(&self, id: &KeyId, now: i64) -> Result<bool, StoreError>;
+
+    /// Gives a key a new secret; the current one keeps working until
+    /// `grace_until` (Unix seconds; `now` or earlier ends it at once). A
+    /// secret replaced earlier stops at once, whatever its grace. `None`
+    /// when no such key.
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        grace_until: i64,
+        now: i64,
+    ) -> Result<Option<(KeyRecord, ApiKey)>, StoreError>;
+
+    /// Disables a key (for disuse). `Ok(false)` when no such key.
+    async fn disable_key(&self, id: &KeyId, now: i64) -> Result<bool, StoreError>;
+
+    /// Records when keys were last used (the later time wins).
+    async fn touch_keys(&self, used: Vec<(KeyId, i64)>) -> Result<(), StoreError>;
+
+    /// Creates an admin principal; its token is returned once.
+    async fn create_admin(
+        &self,
+        new: NewAdmin,
+        now: i64,
+    ) -> Result<(AdminRecord, ApiKey), StoreError>;
+
+    async fn get_admin(&self, id: &KeyId) -> Result<Option<AdminRecord>, StoreError>;
+
+    /// Every admin principal, oldest first.
+    async fn list_admins(&self) -> Result<Vec<AdminRecord>, StoreError>;
+
+    /// `Ok(false)` when no such principal.
+    async fn revoke_admin(&self, id: &KeyId, now: i64) -> Result<bool, StoreError>;
+
+    /// Records when admin principals last used their tokens.
+    async fn touch_admins(&self, used: Vec<(KeyId, i64)>) -> Result<(), StoreError>;
 
     /// Adds rows to the search index of the audit ledger. Rows already
     /// present (same `seq`) are left as they are.

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::keys::{self, ApiKey, KeyId, KeyRecord, NewKey};
+use crate::admins::{AdminRecord, NewAdmin, Role};
+use crate::keys::{self, ApiKey, KeyId, KeyRecord, NewKey, PreviousSecret};
 use crate::{AuditQuery, AuditRow, Store, StoreError};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -41,6 +42,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_index_tenant ON audit_index (tenant, time);
     CREATE INDEX audit_index_key ON audit_index (key_id, time);
     CREATE INDEX audit_index_request ON audit_index (request_id)",
+    "ALTER TABLE api_keys ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+    ALTER TABLE api_keys ADD COLUMN owner TEXT;
+    ALTER TABLE api_keys ADD COLUMN ticket TEXT;
+    ALTER TABLE api_keys ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE api_keys ADD COLUMN rotated_at INTEGER;
+    ALTER TABLE api_keys ADD COLUMN prev_hash BLOB;
+    ALTER TABLE api_keys ADD COLUMN prev_valid_until INTEGER;
+    ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+    ALTER TABLE api_keys ADD COLUMN disabled_at INTEGER;
+    CREATE TABLE admin_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_at INTEGER,
+        last_used_at INTEGER
+    )",
 ];
 
 #[derive(Clone)]
@@ -122,21 +144,87 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-const KEY_COLUMNS: &str = "id, tenant, app, env, hash, created_at, revoked_at";
+const KEY_COLUMNS: &str = "id, tenant, app, env, hash, created_at, revoked_at, created_by, \
+    scope, expires_at, owner, ticket, labels, rotated_at, prev_hash, prev_valid_until, \
+    last_used_at, disabled_at";
+
+fn corrupt(i: usize) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(i, "key".into(), rusqlite::types::Type::Text)
+}
 
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     let id: String = row.get(0)?;
     let hash: Vec<u8> = row.get(4)?;
-    let bad = |i| rusqlite::Error::InvalidColumnType(i, "key".into(), rusqlite::types::Type::Text);
+    let scope: String = row.get(8)?;
+    let labels: String = row.get(12)?;
+    let prev_hash: Option<Vec<u8>> = row.get(14)?;
+    let prev_valid_until: Option<i64> = row.get(15)?;
+    let previous = match (prev_hash, prev_valid_until) {
+        (Some(h), Some(valid_until)) => Some(PreviousSecret {
+            hash: h.try_into().map_err(|_| corrupt(14))?,
+            valid_until,
+        }),
+        _ => None,
+    };
     Ok(KeyRecord {
-        id: KeyId::parse(&id).map_err(|_| bad(0))?,
+        id: KeyId::parse(&id).map_err(|_| corrupt(0))?,
         tenant: row.get(1)?,
         app: row.get(2)?,
         env: row.get(3)?,
-        hash: hash.try_into().map_err(|_| bad(4))?,
+        hash: hash.try_into().map_err(|_| corrupt(4))?,
         created_at: row.get(5)?,
         revoked_at: row.get(6)?,
+        created_by: row.get(7)?,
+        scope: serde_json::from_str(&scope).map_err(|_| corrupt(8))?,
+        expires_at: row.get(9)?,
+        owner: row.get(10)?,
+        ticket: row.get(11)?,
+        labels: serde_json::from_str(&labels).map_err(|_| corrupt(12))?,
+        rotated_at: row.get(13)?,
+        previous,
+        last_used_at: row.get(16)?,
+        disabled_at: row.get(17)?,
     })
+}
+
+const ADMIN_COLUMNS: &str =
+    "id, name, role, hash, created_at, created_by, revoked_at, last_used_at";
+
+fn admin_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AdminRecord> {
+    let id: String = row.get(0)?;
+    let role: String = row.get(2)?;
+    let hash: Vec<u8> = row.get(3)?;
+    Ok(AdminRecord {
+        id: KeyId::parse(&id).map_err(|_| corrupt(0))?,
+        name: row.get(1)?,
+        role: Role::parse(&role).ok_or_else(|| corrupt(2))?,
+        hash: hash.try_into().map_err(|_| corrupt(3))?,
+        created_at: row.get(4)?,
+        created_by: row.get(5)?,
+        revoked_at: row.get(6)?,
+        last_used_at: row.get(7)?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|_| StoreError::Corrupt { what: "scope" })
+}
+
+/// `UPDATE <table> SET last_used_at = max(...)` for each pair, in one
+/// transaction.
+fn touch(c: &mut Connection, table: &str, used: &[(KeyId, i64)]) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(&format!(
+            "UPDATE {table} SET last_used_at = ?2 \
+             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)"
+        ))?;
+        for (id, at) in used {
+            stmt.execute(params![id.as_str(), at])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[async_trait]
@@ -144,17 +232,26 @@ impl Store for SqliteStore {
     async fn create_key(&self, new: NewKey, now: i64) -> Result<(KeyRecord, ApiKey), StoreError> {
         let (record, key) = keys::generate(&new, now)?;
         let stored = record.clone();
+        let scope = to_json(&stored.scope)?;
+        let labels = to_json(&stored.labels)?;
         self.with_conn(move |c| {
             c.execute(
-                "INSERT INTO api_keys (id, tenant, app, env, hash, created_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                "INSERT INTO api_keys (id, tenant, app, env, hash, created_at, created_by, \
+                 scope, expires_at, owner, ticket, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     stored.id.as_str(),
                     stored.tenant,
                     stored.app,
                     stored.env,
                     stored.hash.as_slice(),
-                    stored.created_at
+                    stored.created_at,
+                    stored.created_by,
+                    scope,
+                    stored.expires_at,
+                    stored.owner,
+                    stored.ticket,
+                    labels,
                 ],
             )?;
             Ok(())
@@ -276,14 +373,7 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.with_conn(move |c| {
             let tx = c.transaction()?;
-            let exists: bool = tx
-                .query_row(
-                    "SELECT 1 FROM api_keys WHERE id = ?1",
-                    [id.as_str()],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let exists = exists(&tx, "api_keys", &id)?;
             tx.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id.as_str(), now],
@@ -293,6 +383,157 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        grace_until: i64,
+        now: i64,
+    ) -> Result<Option<(KeyRecord, ApiKey)>, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            let current = {
+                let mut stmt = tx
+                    .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"))?;
+                stmt.query_row([id.as_str()], key_from_row).optional()?
+            };
+            let Some(mut record) = current else {
+                return Ok(None);
+            };
+            let (hash, key) = keys::fresh_secret(&record.id, &record.env)?;
+            // Kept even without grace, so that its later use is recorded as
+            // a rotated-out secret rather than a wrong one.
+            record.previous = Some(PreviousSecret {
+                hash: record.hash,
+                valid_until: grace_until.max(now),
+            });
+            record.hash = hash;
+            record.rotated_at = Some(now);
+            tx.execute(
+                "UPDATE api_keys SET hash = ?2, prev_hash = ?3, prev_valid_until = ?4, \
+                 rotated_at = ?5 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    record.hash.as_slice(),
+                    record.previous.as_ref().map(|p| p.hash.to_vec()),
+                    record.previous.as_ref().map(|p| p.valid_until),
+                    now
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Some((record, key)))
+        })
+        .await
+    }
+
+    async fn disable_key(&self, id: &KeyId, now: i64) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            let exists = exists(&tx, "api_keys", &id)?;
+            tx.execute(
+                "UPDATE api_keys SET disabled_at = ?2 WHERE id = ?1 AND disabled_at IS NULL",
+                params![id.as_str(), now],
+            )?;
+            tx.commit()?;
+            Ok(exists)
+        })
+        .await
+    }
+
+    async fn touch_keys(&self, used: Vec<(KeyId, i64)>) -> Result<(), StoreError> {
+        self.with_conn(move |c| touch(c, "api_keys", &used)).await
+    }
+
+    async fn create_admin(
+        &self,
+        new: NewAdmin,
+        now: i64,
+    ) -> Result<(AdminRecord, ApiKey), StoreError> {
+        new.validate()?;
+        let (id, hash, token) = keys::generate_admin_token()?;
+        let record = AdminRecord {
+            id,
+            name: new.name,
+            role: new.role,
+            hash,
+            created_at: now,
+            created_by: new.created_by,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let stored = record.clone();
+        self.with_conn(move |c| {
+            c.execute(
+                "INSERT INTO admin_tokens (id, name, role, hash, created_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    stored.id.as_str(),
+                    stored.name,
+                    stored.role.as_str(),
+                    stored.hash.as_slice(),
+                    stored.created_at,
+                    stored.created_by
+                ],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok((record, token))
+    }
+
+    async fn get_admin(&self, id: &KeyId) -> Result<Option<AdminRecord>, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ADMIN_COLUMNS} FROM admin_tokens WHERE id = ?1"
+            ))?;
+            Ok(stmt.query_row([id.as_str()], admin_from_row).optional()?)
+        })
+        .await
+    }
+
+    async fn list_admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ADMIN_COLUMNS} FROM admin_tokens ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([], admin_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_admin(&self, id: &KeyId, now: i64) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            let exists = exists(&tx, "admin_tokens", &id)?;
+            tx.execute(
+                "UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.as_str(), now],
+            )?;
+            tx.commit()?;
+            Ok(exists)
+        })
+        .await
+    }
+
+    async fn touch_admins(&self, used: Vec<(KeyId, i64)>) -> Result<(), StoreError> {
+        self.with_conn(move |c| touch(c, "admin_tokens", &used))
+            .await
+    }
+}
+
+fn exists(c: &Connection, table: &str, id: &KeyId) -> Result<bool, StoreError> {
+    Ok(c.query_row(
+        &format!("SELECT 1 FROM {table} WHERE id = ?1"),
+        [id.as_str()],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
 }
 
 fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
@@ -322,6 +563,7 @@ mod tests {
             tenant: "acme".into(),
             app: "bot".into(),
             env: env.into(),
+            ..NewKey::default()
         }
     }
 
@@ -372,6 +614,160 @@ mod tests {
         let unknown = KeyId::parse("000000000000").unwrap();
         assert!(!store.revoke_key(&unknown, 1).await.unwrap());
         assert_eq!(store.get_key(&unknown).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn scopes_and_metadata_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let mut new = new_key("prod");
+        new.scope = crate::Scope {
+            models: vec!["gpt-4o*".into()],
+            endpoints: vec!["chat_completions".into()],
+            networks: vec![crate::scope::parse_network("10.0.0.0/8").unwrap()],
+            max_tokens: Some(512),
+        };
+        new.expires_at = Some(5000);
+        new.owner = Some("search-team".into());
+        new.ticket = Some("CHG-7".into());
+        new.labels.insert("cost-center".into(), "42".into());
+        new.created_by = "admin:alice".into();
+        let (record, _) = store.create_key(new, 10).await.unwrap();
+        drop(store);
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        assert_eq!(store.get_key(&record.id).await.unwrap().unwrap(), record);
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_id_and_the_old_secret_for_its_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let (record, old) = store.create_key(new_key("prod"), 10).await.unwrap();
+        let (rotated, new) = store
+            .rotate_key(&record.id, 110, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rotated.id, record.id);
+        assert_ne!(old, new);
+        let got = store.get_key(&record.id).await.unwrap().unwrap();
+        assert_eq!(got, rotated);
+        assert_eq!(got.rotated_at, Some(100));
+        let old = PresentedKey::parse(old.expose()).unwrap();
+        let new = PresentedKey::parse(new.expose()).unwrap();
+        assert!(old.check(&got, 109).is_ok());
+        assert!(old.check(&got, 110).is_err());
+        assert!(new.check(&got, 110).is_ok());
+        // Rotating again ends the first secret at once.
+        let (again, newest) = store
+            .rotate_key(&record.id, 200, 105)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(old.check(&again, 106).is_err());
+        assert!(new.check(&again, 106).is_ok());
+        assert!(
+            PresentedKey::parse(newest.expose())
+                .unwrap()
+                .check(&again, 106)
+                .is_ok()
+        );
+        // No grace: the old secret stops at once, and is known as rotated.
+        let (none, _) = store.rotate_key(&record.id, 0, 300).await.unwrap().unwrap();
+        let replaced = PresentedKey::parse(newest.expose()).unwrap();
+        assert_eq!(
+            replaced.check(&none, 300),
+            Err(crate::keys::Refusal::RotatedOut)
+        );
+        let unknown = KeyId::parse("000000000000").unwrap();
+        assert!(store.rotate_key(&unknown, 0, 1).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn last_use_only_moves_forward_and_disable_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let (record, _) = store.create_key(new_key("prod"), 10).await.unwrap();
+        store
+            .touch_keys(vec![(record.id.clone(), 50), (record.id.clone(), 40)])
+            .await
+            .unwrap();
+        let got = store.get_key(&record.id).await.unwrap().unwrap();
+        assert_eq!(got.last_used_at, Some(50));
+        assert!(store.disable_key(&record.id, 60).await.unwrap());
+        assert!(store.disable_key(&record.id, 70).await.unwrap());
+        let got = store.get_key(&record.id).await.unwrap().unwrap();
+        assert_eq!((got.disabled_at, got.status(80)), (Some(60), "disabled"));
+    }
+
+    #[tokio::test]
+    async fn admin_principals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let (alice, token) = store
+            .create_admin(
+                NewAdmin {
+                    name: "alice".into(),
+                    role: Role::Admin,
+                    created_by: "cli:root".into(),
+                },
+                5,
+            )
+            .await
+            .unwrap();
+        let presented = keys::PresentedAdminToken::parse(token.expose()).unwrap();
+        let got = store.get_admin(presented.id()).await.unwrap().unwrap();
+        assert!(presented.matches(&got.hash));
+        assert_eq!(got, alice);
+        store
+            .touch_admins(vec![(alice.id.clone(), 9)])
+            .await
+            .unwrap();
+        assert!(store.revoke_admin(&alice.id, 10).await.unwrap());
+        let all = store.list_admins().await.unwrap();
+        assert_eq!(
+            (all.len(), all[0].revoked_at, all[0].last_used_at),
+            (1, Some(10), Some(9))
+        );
+        assert!(
+            store
+                .create_admin(
+                    NewAdmin {
+                        name: "Bad Name".into(),
+                        role: Role::Auditor,
+                        created_by: String::new(),
+                    },
+                    5
+                )
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_from_before_scopes_keep_working_with_full_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.db");
+        {
+            // The schema as the first two migrations left it, with a key.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO api_keys VALUES ('0123456789ab', 'acme', 'bot', 'prod', ?1, 7, NULL)",
+                [vec![0u8; 32]],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let got = store
+            .get_key(&KeyId::parse("0123456789ab").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.scope, crate::Scope::default());
+        assert_eq!((got.created_at, got.status(8)), (7, "active"));
     }
 
     #[tokio::test]

@@ -33,9 +33,13 @@ pub enum Command {
         #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Manage gateway API keys (works on the data directory).
+    /// Manage gateway API keys: on the data directory, or with --url
+    /// through a running gateway's admin API.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage admin principals (admin and auditor tokens).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// The audit ledger: print its verifier key, verify it.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -194,6 +198,18 @@ impl StoreArgs {
     }
 }
 
+/// Where a management command acts: on the data directory (no gateway
+/// running on it), or through a running gateway's admin API.
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The admin API of a running gateway, e.g. http://127.0.0.1:4401; the
+    /// token is read from PALISADE_ADMIN_TOKEN.
+    #[arg(long, env = "PALISADE_ADMIN_URL")]
+    pub url: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; the key itself is printed once and never stored.
@@ -202,29 +218,132 @@ pub enum KeysCommand {
         tenant: String,
         #[arg(long)]
         app: String,
+        /// One of access.environments.
         #[arg(long)]
         env: String,
+        /// Models the key may use: names or globs (`gpt-4o*`). Default: all.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Endpoints the key may use (chat_completions, completions,
+        /// embeddings, responses, messages). Default: all.
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Option<Vec<String>>,
+        /// Source networks the key may be used from (CIDR). Default: any.
+        #[arg(long, value_delimiter = ',')]
+        cidr: Option<Vec<String>>,
+        /// Expire after this long (e.g. 90d).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Most completion tokens one request may ask for.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// The team or person answerable for the key.
+        #[arg(long)]
+        owner: Option<String>,
+        /// The approval ticket the key is granted under.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// A free label, NAME=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        store: StoreArgs,
+        target: Target,
     },
     /// List keys (never their secrets).
     List {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        store: StoreArgs,
+        target: Target,
     },
-    /// Revoke a key by id; in force on running gateways within a second.
-    Revoke {
+    /// Show one key: scope, owner, ticket, dates.
+    Show {
         id: String,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        store: StoreArgs,
+        target: Target,
     },
+    /// Give a key a new secret; the old one keeps working for the grace
+    /// period (default access.rotation_grace), then stops.
+    Rotate {
+        id: String,
+        /// How long the old secret keeps working (e.g. 24h; 0s ends it now).
+        #[arg(long)]
+        grace: Option<String>,
+        #[arg(long)]
+        ticket: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revoke a key by id; in force at once through the admin API, within
+    /// a second on gateways sharing the store otherwise.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        ticket: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The access review: every key with its scope, owner, age, last use,
+    /// rotation due date and flags.
+    Review {
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin principal and print its token once. Works on the
+    /// data directory (bootstrap) or, with --url, through the admin API.
+    Create {
+        #[arg(long, value_parser = ["admin", "auditor"])]
+        role: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        ticket: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List admin principals.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revoke an admin principal's token.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        ticket: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| "a label is NAME=VALUE".to_owned())?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 #[derive(Debug, Args)]
@@ -268,7 +387,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::serve(args).await,
-        Command::Init { dir } => crate::init::init(&dir),
+        Command::Init { dir } => crate::init::init(&dir).await,
         Command::CheckConfig { config } => {
             let c = load_config(&config)?;
             println!(
@@ -280,6 +399,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => crate::keys::run(cmd).await,
+        Command::Admin(cmd) => crate::keys::run_admin(cmd).await,
         Command::Audit(cmd) => crate::audit::run(cmd).await,
         Command::Mock(args) => crate::serve::mock(args).await,
     }

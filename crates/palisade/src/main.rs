@@ -5,6 +5,7 @@ mod cli;
 mod init;
 mod keys;
 mod logging;
+mod remote;
 mod serve;
 
 use clap::Parser;

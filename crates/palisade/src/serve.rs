@@ -8,7 +8,7 @@ use anyhow::Context;
 use palisade_config::{Config, LogFormat};
 use palisade_mock::{MockOptions, MockServer};
 use palisade_server::{Application, Dependencies, audit};
-use palisade_store::{NewKey, SqliteStore, Store, unix_now};
+use palisade_store::{NewAdmin, NewKey, Role, SqliteStore, Store, unix_now};
 use serde_json::json;
 
 use crate::cli::{self, MockArgs, ServeArgs};
@@ -17,6 +17,7 @@ use crate::logging::{FlushGuard, LogSink};
 const DEMO_DIR: &str = "./palisade-demo";
 const DEMO_TENANT: &str = "demo";
 const DEMO_APP: &str = "quickstart";
+const DEMO_ADMIN: &str = "demo-admin";
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let env = cli::process_env();
@@ -93,6 +94,24 @@ upstream_model = "palisade-demo-claude-1"
                 tenant: DEMO_TENANT.into(),
                 app: DEMO_APP.into(),
                 env: "dev".into(),
+                owner: Some("demo".into()),
+                created_by: "demo".into(),
+                ..NewKey::default()
+            },
+            unix_now(),
+        )
+        .await?;
+    for old in store.list_admins().await? {
+        if old.name == DEMO_ADMIN && old.revoked_at.is_none() {
+            store.revoke_admin(&old.id, unix_now()).await?;
+        }
+    }
+    let (_, admin_token) = store
+        .create_admin(
+            NewAdmin {
+                name: DEMO_ADMIN.into(),
+                role: Role::Admin,
+                created_by: "demo".into(),
             },
             unix_now(),
         )
@@ -112,7 +131,7 @@ upstream_model = "palisade-demo-claude-1"
         r#"
 Palisade demo gateway
   proxy  http://{proxy}   (OpenAI and Anthropic APIs)
-  admin  http://{admin}/metrics
+  admin  http://{admin}/admin/v1   (admin API; /metrics, /audit/checkpoint)
   models demo (OpenAI dialect), demo-claude (Anthropic dialect)
   data   {DEMO_DIR}
 
@@ -128,10 +147,16 @@ Try it:
     -H "x-api-key: {key}" -H "Content-Type: application/json" \
     -d '{{"model":"demo-claude","max_tokens":64,"stream":true,"messages":[{{"role":"user","content":"Hello"}}]}}'
 
+Demo admin token (role admin; a new one each start):
+  {admin_token}
+
+  curl -s http://{admin}/admin/v1/keys/review -H "Authorization: Bearer {admin_token}"
+
 Ctrl-C stops the gateway.
 "#,
         admin = app.admin_addr(),
-        key = key.expose()
+        key = key.expose(),
+        admin_token = admin_token.expose()
     );
     announce(&app, ready_file)?;
     app.run_until(shutdown_signal()).await?;

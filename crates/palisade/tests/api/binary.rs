@@ -11,12 +11,20 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
 fn palisade(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
+    palisade_with(dir, args, &[])
+}
+
+fn palisade_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+        .env_remove("PALISADE_ADMIN_URL")
+        .env_remove("PALISADE_ADMIN_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -118,6 +126,19 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     let key = created["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("pal_prod_"));
     assert_eq!(created["tenant"], "acme");
+    // Bootstrap: the first admin principal, on the data directory.
+    let out = palisade(
+        dir.path(),
+        &[
+            "admin", "create", "--role", "admin", "--name", "ops", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = serde_json::from_str::<Value>(&stdout(&out)).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(token.starts_with("paladm_"));
 
     let ready = dir.path().join("ready.json");
     let mut child = Command::new(BIN)
@@ -162,19 +183,46 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     .await;
     assert_eq!(status, 400);
 
-    // Key changes while the server holds the ledger go on record through
-    // the outbox it drains.
-    let out = palisade(
-        dir.path(),
-        &[
-            "keys", "create", "--tenant", "acme", "--app", "tmp", "--env", "dev", "--json",
-        ],
-    );
+    // While the server runs it is the only writer: the CLI says to use its
+    // admin API, and does so with --url and a token.
+    let create = [
+        "keys", "create", "--tenant", "acme", "--app", "tmp", "--env", "dev", "--json",
+    ];
+    let out = palisade(dir.path(), &create);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--url"), "{}", stderr(&out));
+    let admin_url = format!("http://{}", addrs["admin"].as_str().unwrap());
+    let via_api = [
+        ("PALISADE_ADMIN_URL", admin_url.as_str()),
+        ("PALISADE_ADMIN_TOKEN", token.as_str()),
+    ];
+    let out = palisade_with(dir.path(), &create, &via_api);
     assert!(out.status.success(), "{}", stderr(&out));
     let second: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let second_id = second["id"].as_str().unwrap().to_owned();
-    let out = palisade(dir.path(), &["keys", "revoke", &second_id]);
+    let out = palisade_with(dir.path(), &["keys", "revoke", &second_id], &via_api);
     assert!(out.status.success(), "{}", stderr(&out));
+    let out = palisade_with(
+        dir.path(),
+        &["keys", "show", &second_id, "--json"],
+        &via_api,
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()["status"],
+        "revoked",
+        "{}",
+        stderr(&out)
+    );
+    let out = palisade_with(
+        dir.path(),
+        &["keys", "list"],
+        &[
+            ("PALISADE_ADMIN_URL", admin_url.as_str()),
+            ("PALISADE_ADMIN_TOKEN", "paladm_wrong"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
 
     let status = terminate(&mut child);
     assert!(status.success(), "exit status {status}");
@@ -212,16 +260,19 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
             .map(|e| String::from_utf8_lossy(e).into_owned())
             .collect::<Vec<_>>()
     };
-    // The first key's creation (before the server ran), started, config,
-    // received + completed twice, a denial, then the second key's creation
-    // and revocation (made while the server ran).
+    // The first key's and the admin's creation (before the server ran),
+    // started, config, received + completed twice, a denial, the second
+    // key's creation and revocation through the admin API, and the refused
+    // admin call.
     assert_eq!(
         report["size"],
-        10,
+        12,
         "{:?}",
         dump(report["size"].as_u64().unwrap())
     );
-    let entries = dump(10).join("\n");
+    let entries = dump(12).join("\n");
+    assert!(!entries.contains(&token), "admin token in the ledger");
+    assert!(entries.contains(r#""actor":"admin:ops""#), "{entries}");
     assert!(
         !entries.contains("PROMPT-MARKER") && !entries.contains("078-05"),
         "prompt text in the ledger"
@@ -255,7 +306,7 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with("exported 10 entries"),
+        stdout(&out).starts_with("exported 12 entries"),
         "{}",
         stdout(&out)
     );
@@ -288,27 +339,31 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     let tail: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
     assert_eq!(tail.len(), 3, "{tail:?}");
     assert!(
-        tail[0].starts_with("7 {") && tail[2].starts_with("9 {"),
-        "{tail:?}"
-    );
-    assert!(tail[0].contains("\"kind\":\"request.denied\""), "{tail:?}");
-    assert!(
-        tail[1].contains("\"kind\":\"admin.key_created\""),
+        tail[0].starts_with("9 {") && tail[2].starts_with("11 {"),
         "{tail:?}"
     );
     assert!(
-        tail[2].contains("\"kind\":\"admin.key_revoked\""),
+        tail[0].contains("\"kind\":\"admin.key_created\""),
         "{tail:?}"
     );
     assert!(
-        tail[2].contains(&second_id) && tail[2].contains("\"actor\":\"cli:"),
+        tail[1].contains("\"kind\":\"admin.key_revoked\""),
+        "{tail:?}"
+    );
+    assert!(
+        tail[1].contains(&second_id) && tail[1].contains("\"actor\":\"admin:ops\""),
+        "{tail:?}"
+    );
+    assert!(
+        tail[2].contains("\"kind\":\"admin.denied\"")
+            && tail[2].contains("\"reason\":\"malformed_token\""),
         "{tail:?}"
     );
 
     // A proof for the first request's received entry checks out.
     let out = palisade(
         dir.path(),
-        &["audit", "prove", "3", "--out", "seq2.tlog-proof"],
+        &["audit", "prove", "4", "--out", "seq2.tlog-proof"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = palisade(
@@ -323,7 +378,7 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     );
 
     // Tampering with one entry is caught and located.
-    let bundle = dir.path().join("data/ledger/tile/entries/000.p/10");
+    let bundle = dir.path().join("data/ledger/tile/entries/000.p/12");
     let mut data = std::fs::read(&bundle).unwrap();
     let at = data.len() - 10;
     data[at] ^= 1;
@@ -333,7 +388,7 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
         &["audit", "verify", "--ledger", "data/ledger", "--key", &vkey],
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("entry 9"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("entry 11"), "{}", stderr(&out));
     assert!(!logs.contains("local-secret"), "provider secret in logs");
 }
 
@@ -366,6 +421,89 @@ async fn keys_list_and_revoke_work_offline() {
     let out = palisade(dir.path(), &["keys", "revoke", "zzzzzzzzzzzz"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no key"), "{}", stderr(&out));
+
+    // A scoped key with its metadata, shown, rotated and reviewed.
+    let out = palisade(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--app",
+            "search",
+            "--env",
+            "prod",
+            "--models",
+            "gpt-4o*,text-embedding-3-small",
+            "--endpoints",
+            "chat_completions,embeddings",
+            "--cidr",
+            "10.0.0.0/8,2001:db8::/32",
+            "--expires",
+            "30d",
+            "--max-tokens",
+            "512",
+            "--owner",
+            "search-team",
+            "--ticket",
+            "CHG-9",
+            "--label",
+            "cost-center=42",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scoped: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let scoped_id = scoped["id"].as_str().unwrap().to_owned();
+    let out = palisade(dir.path(), &["keys", "show", &scoped_id, "--json"]);
+    let shown: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["scope"]["models"][0], "gpt-4o*");
+    assert_eq!(shown["scope"]["networks"][1], "2001:db8::/32");
+    assert_eq!(shown["scope"]["max_tokens"], 512);
+    assert_eq!(shown["owner"], "search-team");
+    assert_eq!(shown["ticket"], "CHG-9");
+    assert_eq!(shown["labels"]["cost-center"], "42");
+    assert!(shown["expires_at"].is_string());
+    assert!(
+        shown.get("key").is_none(),
+        "the key is shown only at creation"
+    );
+    let out = palisade(
+        dir.path(),
+        &[
+            "keys", "rotate", &scoped_id, "--grace", "1h", "--ticket", "CHG-10", "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rotated: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_ne!(rotated["key"], scoped["key"]);
+    assert!(rotated["old_secret_valid_until"].is_string());
+    let out = palisade(dir.path(), &["keys", "review", "--csv"]);
+    let csv = stdout(&out);
+    assert!(csv.starts_with("id,tenant,app,env,status"), "{csv}");
+    assert!(csv.contains(&format!("{id},acme,bot,dev,revoked")), "{csv}");
+    let out = palisade(dir.path(), &["keys", "review", "--json"]);
+    let review: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(review["keys"].as_array().unwrap().len(), 2);
+    let out = palisade(dir.path(), &["keys", "review"]);
+    assert!(stdout(&out).contains("search-team"), "{}", stdout(&out));
+    for bad in [
+        vec!["--env", "qa"],
+        vec!["--env", "prod", "--cidr", "10.0.0.1/8"],
+        vec!["--env", "prod", "--endpoints", "chat"],
+        vec!["--env", "prod", "--label", "novalue"],
+    ] {
+        let mut args = vec!["keys", "create", "--tenant", "acme", "--app", "a"];
+        args.extend(bad.iter().copied());
+        let out = palisade(dir.path(), &args);
+        assert!(!out.status.success(), "{bad:?} accepted");
+    }
+    // Every change is on record, with its ticket.
+    let out = palisade(dir.path(), &["audit", "tail", "-n", "10"]);
+    let tail = stdout(&out);
+    assert!(tail.contains("\"kind\":\"admin.key_rotated\""), "{tail}");
+    assert!(tail.contains("\"ticket\":\"CHG-10\""), "{tail}");
     let out = palisade(
         dir.path(),
         &[
@@ -421,12 +559,31 @@ provider = "missing"
     assert!(stderr(&out).contains("palisade init"), "{}", stderr(&out));
 }
 
-#[test]
-fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
+#[tokio::test]
+async fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let out = palisade(dir.path(), &["init", "--dir", "site"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(dir.path().join("site/palisade-data/palisade.db").exists());
+    // The first admin token, shown once, and on record.
+    assert!(stdout(&out).contains("paladm_"), "{}", stdout(&out));
+    let out = palisade(
+        dir.path(),
+        &["admin", "list", "--json", "--config", "site/palisade.toml"],
+    );
+    let admins: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(admins["admins"][0]["name"], "admin");
+    assert_eq!(admins["admins"][0]["role"], "admin");
+    let out = palisade(
+        dir.path(),
+        &["audit", "tail", "--config", "site/palisade.toml"],
+    );
+    assert!(
+        stdout(&out).contains("\"kind\":\"admin.admin_created\""),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let out = palisade(
         dir.path(),
         &["check-config", "--config", "site/palisade.toml"],
@@ -463,6 +620,7 @@ async fn demo_needs_nothing_and_prints_a_working_key() {
         .unwrap_or_else(|| panic!("no key in {out}"))
         .to_owned();
     assert!(out.contains("curl"), "{out}");
+    assert!(out.contains("paladm_"), "no admin token in {out}");
     assert!(
         out.contains(&format!("http://{proxy}/v1/chat/completions")),
         "{out}"

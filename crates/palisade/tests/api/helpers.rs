@@ -125,6 +125,7 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
                 tenant: "acme".into(),
                 app: "tests".into(),
                 env: "dev".into(),
+                ..Default::default()
             },
             palisade_store::unix_now(),
         )
@@ -168,6 +169,22 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
 }
 
 impl TestApp {
+    /// A new admin principal's token.
+    pub async fn admin_token(&self, role: palisade_store::Role, name: &str) -> String {
+        let (_, token) = palisade_store::Store::create_admin(
+            &self.store,
+            palisade_store::NewAdmin {
+                name: name.into(),
+                role,
+                created_by: "test".into(),
+            },
+            palisade_store::unix_now(),
+        )
+        .await
+        .unwrap();
+        token.expose().to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.proxy)
     }

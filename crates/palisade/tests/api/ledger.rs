@@ -121,7 +121,7 @@ async fn refusals_are_recorded_as_denials_without_key_material() {
         .collect();
     assert_eq!(
         reasons,
-        ["invalid_key", "model_not_found", "invalid_request"]
+        ["bad_checksum", "model_not_found", "invalid_request"]
     );
     assert_eq!(denied[0]["key_id"], "");
     assert_eq!(denied[1]["key_id"].as_str().unwrap().len(), 12);
@@ -168,11 +168,30 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
         app.post("/v1/chat/completions", r#"{"model":"gpt-test"}"#)
             .await;
     }
-    let entries = app.ledger_entries().await;
     let admin = |path: &str| format!("http://{}{path}", app.admin);
-
+    // The ledger is for admins and auditors (unless `ledger.public`).
     let r = app
         .send(Method::GET, &admin("/audit/checkpoint"), &[], "")
+        .await;
+    assert_eq!(r.status, 401);
+    let r = app
+        .send(
+            Method::GET,
+            &admin("/audit/checkpoint"),
+            &[("authorization", &format!("Bearer {}", app.key))],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 401, "a proxy key is no admin token");
+    let token = app
+        .admin_token(palisade_store::Role::Auditor, "auditor-1")
+        .await;
+    let auth = format!("Bearer {token}");
+    let auth = [("authorization", auth.as_str())];
+    let entries = app.ledger_entries().await;
+
+    let r = app
+        .send(Method::GET, &admin("/audit/checkpoint"), &auth, "")
         .await;
     assert_eq!(r.status, 200);
     let text = r.text();
@@ -182,7 +201,7 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
     assert_eq!(r.header("cache-control"), Some("no-cache"));
 
     let bundle = format!("/audit/tile/entries/000.p/{}", entries.len());
-    let r = app.send(Method::GET, &admin(&bundle), &[], "").await;
+    let r = app.send(Method::GET, &admin(&bundle), &auth, "").await;
     assert_eq!(r.status, 200);
     let decoded = palisade_ledger::layout::decode_bundle(&r.body).unwrap();
     assert_eq!(decoded.len(), entries.len());
@@ -190,7 +209,7 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
         .send(
             Method::GET,
             &admin(&format!("/audit/tile/0/000.p/{}", entries.len())),
-            &[],
+            &auth,
             "",
         )
         .await;
@@ -203,7 +222,7 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
         "/audit/tile/0/000.p/999",
         "/audit/tile/entries/001",
     ] {
-        let r = app.send(Method::GET, &admin(bad), &[], "").await;
+        let r = app.send(Method::GET, &admin(bad), &auth, "").await;
         assert_eq!(r.status, 404, "{bad}");
     }
 
@@ -214,7 +233,14 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
     assert_eq!(reads[0]["path"], "/audit/checkpoint");
     assert_eq!(reads[0]["status"], 200);
     assert_eq!(reads[0]["source"], "127.0.0.1");
+    assert_eq!(reads[0]["actor"], "admin:auditor-1");
     assert_eq!(reads[6]["status"], 404);
+    let denied = of_kind(&after, "admin.denied");
+    let reasons: Vec<_> = denied
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["missing_token", "proxy_key_on_admin_api"]);
 }
 
 #[tokio::test]
