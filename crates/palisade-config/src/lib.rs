@@ -137,6 +137,25 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests and streams.
     #[serde(with = "duration::serde_str")]
     pub shutdown_grace: Duration,
+    /// TLS on the proxy listener.
+    pub tls: Option<TlsConfig>,
+    /// TLS on the admin listener.
+    pub admin_tls: Option<TlsConfig>,
+    /// Refuse to start unless the admin listener has TLS.
+    pub require_admin_tls: bool,
+}
+
+/// Inbound TLS: PEM files, read at start-up and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate issued by one of these
+    /// CAs (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +166,9 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./palisade-data"),
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
+            admin_tls: None,
+            require_admin_tls: false,
         }
     }
 }
@@ -565,6 +587,12 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
     }
     if server.data_dir.as_os_str().is_empty() {
         push("server.data_dir".into(), "must not be empty".into());
+    }
+    if server.require_admin_tls && server.admin_tls.is_none() {
+        push(
+            "server.require_admin_tls".into(),
+            "is true but [server.admin_tls] is not configured".into(),
+        );
     }
 
     let ledger = &config.ledger;

@@ -261,3 +261,33 @@ failed_auth_burst = 0
         "{err}"
     );
 }
+
+#[test]
+fn tls_sections_and_the_admin_tls_requirement() {
+    let text = r#"
+[server]
+require_admin_tls = true
+
+[server.tls]
+cert_file = "proxy.pem"
+key_file = "proxy.key"
+
+[server.admin_tls]
+cert_file = "admin.pem"
+key_file = "admin.key"
+client_ca_file = "clients.pem"
+"#;
+    let c = Config::from_toml("t", text, no_env()).unwrap();
+    assert_eq!(
+        c.server.tls.as_ref().unwrap().cert_file,
+        PathBuf::from("proxy.pem")
+    );
+    assert_eq!(
+        c.server.admin_tls.as_ref().unwrap().client_ca_file,
+        Some(PathBuf::from("clients.pem"))
+    );
+    let err = Config::from_toml("t", "[server]\nrequire_admin_tls = true\n", no_env()).unwrap_err();
+    assert_eq!(paths(&err), ["server.require_admin_tls"], "{err}");
+    let err = Config::from_toml("t", "[server.tls]\ncert_file = \"a\"\n", no_env()).unwrap_err();
+    assert!(err.to_string().contains("key_file"), "{err}");
+}

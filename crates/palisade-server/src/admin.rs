@@ -298,7 +298,15 @@ pub(crate) async fn authenticate(
         req.headers(),
         &state.config().access.trusted_proxies,
     );
-    match state.auth().authenticate_admin(req.headers(), client).await {
+    let cert = req
+        .extensions()
+        .get::<crate::tls::ClientCert>()
+        .map(|c| c.0.clone());
+    match state
+        .auth()
+        .authenticate_admin(req.headers(), client, cert.as_deref())
+        .await
+    {
         Ok(principal) => {
             if access == Access::Write && !principal.role().can_write() {
                 record_denied(
@@ -368,7 +376,10 @@ pub(crate) fn admin_refusal(refused: &Refused) -> AdminError {
                 "the gateway cannot check tokens right now",
             )
         }
-        RefusedKind::Invalid | RefusedKind::Network | RefusedKind::Endpoint => AdminError::new(
+        RefusedKind::Invalid
+        | RefusedKind::Network
+        | RefusedKind::Endpoint
+        | RefusedKind::Certificate => AdminError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "invalid admin token",
@@ -645,6 +656,9 @@ struct AdminRequest {
     name: String,
     role: Role,
     ticket: Option<String>,
+    /// SHA-256 fingerprint of a client certificate that authenticates as
+    /// this principal over mutual TLS.
+    client_cert_sha256: Option<String>,
 }
 
 async fn create_admin(
@@ -655,7 +669,13 @@ async fn create_admin(
     let req: AdminRequest = body(&raw)?;
     manage::check_ticket(req.ticket.as_deref())?;
     let (record, token) = manager(&state)
-        .create_admin(req.name, req.role, &actor(&p, req.ticket), unix_now())
+        .create_admin(
+            req.name,
+            req.role,
+            req.client_cert_sha256,
+            &actor(&p, req.ticket),
+            unix_now(),
+        )
         .await?;
     let mut v = admin_json(&record);
     v["token"] = json!(token.expose());
@@ -810,6 +830,7 @@ fn key_request_schema() -> Value {
             "networks": {"type": "array", "items": {"type": "string"}, "description": "CIDR; default any"},
             "expires_in": {"type": "string", "description": "duration such as 90d"},
             "max_tokens": {"type": "integer", "minimum": 1},
+            "client_cert_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "bind the key to a client certificate (mutual TLS)"},
             "owner": {"type": "string"},
             "ticket": {"type": "string"},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -851,6 +872,7 @@ fn admin_schema() -> Value {
             "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
             "role": {"type": "string", "enum": ["admin", "auditor"]},
             "ticket": {"type": "string"},
+            "client_cert_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         }
     })
 }

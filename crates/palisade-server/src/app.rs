@@ -17,7 +17,7 @@
 //!    405 into an error body in the caller's dialect.
 //! 5. **routes** ([`crate::routes`]) — the handlers.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::request_id::{self, RequestId};
 use crate::routes;
 use crate::state::AppState;
+use crate::tls::TlsListener;
 use palisade_ledger::{Journal, Recovery};
 
 /// Paths served without a key.
@@ -56,6 +57,8 @@ pub enum BuildError {
     Registry(#[from] RegistryError),
     #[error("the audit ledger cannot record the start-up entries: {0}")]
     Audit(#[from] palisade_ledger::JournalError),
+    #[error("inbound TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -104,6 +107,8 @@ pub struct Dependencies {
 pub struct Application {
     proxy: TcpListener,
     admin: TcpListener,
+    proxy_tls: Option<Arc<TlsListener>>,
+    admin_tls: Option<Arc<TlsListener>>,
     state: AppState,
     /// The store the audit search index lives in, and how often it is
     /// brought up to date.
@@ -124,6 +129,14 @@ impl Application {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let registry = Registry::build(&config, env, &metrics)?;
+        let load_tls = |files: &Option<palisade_config::TlsConfig>| {
+            files
+                .as_ref()
+                .map(|f| TlsListener::load(f).map(Arc::new))
+                .transpose()
+        };
+        let proxy_tls = load_tls(&config.server.tls)?;
+        let admin_tls = load_tls(&config.server.admin_tls)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -141,6 +154,8 @@ impl Application {
         Ok(Self {
             proxy,
             admin,
+            proxy_tls,
+            admin_tls,
             state,
             indexer,
         })
@@ -162,6 +177,17 @@ impl Application {
         &self.state
     }
 
+    /// Reloads both listeners' TLS files (the binary calls it on SIGHUP).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            listeners: [
+                ("proxy", self.proxy_tls.clone()),
+                ("admin", self.admin_tls.clone()),
+            ],
+            state: self.state.clone(),
+        }
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets
     /// in-flight requests and streams finish for up to
     /// `server.shutdown_grace`, and returns.
@@ -171,24 +197,22 @@ impl Application {
     ) -> std::io::Result<()> {
         let grace = self.state.config().server.shutdown_grace;
         let token = tokio_util::sync::CancellationToken::new();
-        let proxy = axum::serve(
-            self.proxy.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            proxy_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.clone().cancelled_owned());
-        let admin = axum::serve(
-            self.admin.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            admin_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.clone().cancelled_owned());
+        let proxy = listen(
+            self.proxy,
+            self.proxy_tls,
+            proxy_router(self.state.clone()),
+            token.clone(),
+        );
+        let admin = listen(
+            self.admin,
+            self.admin_tls,
+            admin_router(self.state.clone()),
+            token.clone(),
+        );
         // The accept loops run as tasks on the runtime's workers, not on the
         // thread that awaits this future, so that no request has to wake it.
-        let proxy = tokio::spawn(proxy.into_future());
-        let admin = tokio::spawn(admin.into_future());
+        let proxy = tokio::spawn(proxy);
+        let admin = tokio::spawn(admin);
         let aborts = [proxy.abort_handle(), admin.abort_handle()];
         let (store, every) = self.indexer;
         let journal = Arc::clone(self.state.audit().journal());
@@ -269,6 +293,70 @@ async fn housekeeping(state: AppState, stop: tokio_util::sync::CancellationToken
     }
     if let Err(e) = state.auth().flush_use().await {
         tracing::warn!(target: "palisade::auth", error = %e, "key last-use times not written");
+    }
+}
+
+/// Serves `router` on `listener`, over TLS when configured, until `stop`;
+/// then open connections finish their requests.
+async fn listen(
+    listener: TcpListener,
+    tls: Option<Arc<TlsListener>>,
+    router: Router,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    match tls {
+        Some(tls) => crate::tls::serve(listener, tls, router, stop).await,
+        None => {
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        }
+    }
+}
+
+/// Reloads the listeners' TLS certificates and keys; see
+/// [`Application::tls_reloader`].
+#[derive(Clone)]
+pub struct TlsReloader {
+    listeners: [(&'static str, Option<Arc<TlsListener>>); 2],
+    state: AppState,
+}
+
+impl TlsReloader {
+    /// Reads every listener's files again. A listener whose files are bad
+    /// keeps its configuration; each outcome is logged and recorded.
+    pub fn reload(&self) -> Vec<(&'static str, Result<(), crate::tls::TlsError>)> {
+        let mut outcomes = Vec::new();
+        for (name, tls) in &self.listeners {
+            let Some(tls) = tls else { continue };
+            let result = tls.reload();
+            match &result {
+                Ok(()) => {
+                    tracing::info!(listener = name, "TLS certificate reloaded");
+                    self.state.audit().submit(
+                        "tls.reloaded",
+                        serde_json::json!({
+                            "listener": name,
+                            "cert_file": tls.files().cert_file.display().to_string(),
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(listener = name, error = %e, "TLS reload failed; the previous certificate stays in force");
+                    self.state.audit().submit(
+                        "tls.reload_failed",
+                        serde_json::json!({"listener": name, "error": e.to_string()}),
+                    );
+                }
+            }
+            outcomes.push((*name, result));
+        }
+        outcomes
     }
 }
 
@@ -410,9 +498,13 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let client = client_ip(peer, req.headers(), &state.config().access.trusted_proxies);
     req.extensions_mut().insert(ClientAddr(client));
+    let cert = req
+        .extensions()
+        .get::<crate::tls::ClientCert>()
+        .map(|c| c.0.clone());
     match state
         .auth()
-        .authenticate(req.headers(), client, endpoint)
+        .authenticate(req.headers(), client, endpoint, cert.as_deref())
         .await
     {
         Ok(principal) => {
@@ -464,6 +556,11 @@ pub(crate) fn refusal(refused: &Refused, dialect: Dialect) -> ApiError {
             ErrorKind::PermissionDenied,
             dialect,
             "this API key may not use this endpoint",
+        ),
+        RefusedKind::Certificate => ApiError::new(
+            ErrorKind::PermissionDenied,
+            dialect,
+            "this API key must be used with the client certificate it is bound to",
         ),
         RefusedKind::Store(e) => {
             tracing::error!(target: "palisade::auth", error = %e, "key store unavailable; refusing requests");

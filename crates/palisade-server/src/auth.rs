@@ -112,6 +112,8 @@ pub enum RefusedKind {
     Network,
     /// A valid key used on an endpoint outside its scope.
     Endpoint,
+    /// A key bound to a client certificate, used without it.
+    Certificate,
     /// A valid credential of the wrong kind (a proxy key on the admin API).
     WrongKind,
     Store(StoreError),
@@ -152,12 +154,14 @@ impl Authenticator {
     }
 
     /// Checks a proxy request's key, then its scope for `endpoint` (a label;
-    /// `None` for paths every key may use) and `client`.
+    /// `None` for paths every key may use), `client` and the client
+    /// certificate's fingerprint (over mutual TLS).
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         client: IpAddr,
         endpoint: Option<&str>,
+        cert: Option<&str>,
     ) -> Result<Principal, Refused> {
         let now = Instant::now();
         if let Some(retry_after) = self.failures.throttled(client, now) {
@@ -189,6 +193,11 @@ impl Authenticator {
             && !principal.scope().allows_endpoint(label)
         {
             return denied(RefusedKind::Endpoint, "endpoint_not_allowed");
+        }
+        if let Some(bound) = &principal.scope().client_cert
+            && cert != Some(bound.as_str())
+        {
+            return denied(RefusedKind::Certificate, "client_cert_mismatch");
         }
         self.key_use.note(principal.key_id(), unix_now());
         Ok(principal)
@@ -227,11 +236,13 @@ impl Authenticator {
         Ok(record)
     }
 
-    /// Checks an admin API request's token.
+    /// Checks an admin API request's token; without one, a client
+    /// certificate bound to an admin principal (mutual TLS) stands in.
     pub async fn authenticate_admin(
         &self,
         headers: &HeaderMap,
         client: IpAddr,
+        cert: Option<&str>,
     ) -> Result<AdminPrincipal, Refused> {
         let now = Instant::now();
         if let Some(retry_after) = self.failures.throttled(client, now) {
@@ -240,7 +251,11 @@ impl Authenticator {
                 "auth_throttled",
             ));
         }
-        match self.check_admin(headers).await {
+        let checked = match cert {
+            Some(fp) if presented_key(headers).is_none() => self.admin_by_cert(fp).await,
+            _ => self.check_admin(headers).await,
+        };
+        match checked {
             Ok(record) => {
                 self.admin_use.note(&record.id, unix_now());
                 Ok(AdminPrincipal { record })
@@ -287,6 +302,14 @@ impl Authenticator {
             return Err(invalid("revoked"));
         }
         Ok(record)
+    }
+
+    async fn admin_by_cert(&self, fingerprint: &str) -> Result<Arc<AdminRecord>, Refused> {
+        match self.store.admin_by_cert(fingerprint).await {
+            Ok(Some(record)) => Ok(Arc::new(record)),
+            Ok(None) => Err(Refused::new(RefusedKind::Invalid, "unknown_certificate")),
+            Err(e) => Err(Refused::new(RefusedKind::Store(e), "store_unavailable")),
+        }
     }
 
     /// Drops a cached key record, so that a change made through this node

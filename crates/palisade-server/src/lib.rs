@@ -19,6 +19,7 @@ pub mod relay;
 pub mod request_id;
 mod routes;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{Application, BuildError, Dependencies, admin_router, proxy_router};

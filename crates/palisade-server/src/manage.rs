@@ -61,6 +61,9 @@ pub struct KeyRequest {
     pub expires_in: Option<String>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Bind the key to a client certificate (SHA-256, hex).
+    #[serde(default)]
+    pub client_cert_sha256: Option<String>,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
@@ -125,6 +128,7 @@ pub fn new_key(
             endpoints,
             networks,
             max_tokens: req.max_tokens,
+            client_cert: req.client_cert_sha256,
         },
         expires_at,
         owner: req.owner,
@@ -303,6 +307,7 @@ impl Manager<'_> {
         &self,
         name: String,
         role: Role,
+        cert: Option<String>,
         actor: &Actor,
         now: i64,
     ) -> Result<(AdminRecord, ApiKey), ManageError> {
@@ -310,13 +315,14 @@ impl Manager<'_> {
             name,
             role,
             created_by: actor.name.clone(),
+            cert,
         };
         new.validate()
             .map_err(|e| ManageError::Invalid(e.to_string()))?;
         let (record, token) = self.store.create_admin(new, now).await?;
         let entry = json!({
             "action": "admin.create", "target": record.id.as_str(),
-            "after": {"name": record.name, "role": record.role.as_str()},
+            "after": {"name": record.name, "role": record.role.as_str(), "client_cert_sha256": record.cert},
         });
         if let Err(e) = self.record("admin.admin_created", actor, entry).await {
             self.store.revoke_admin(&record.id, now).await?;
@@ -361,6 +367,7 @@ fn summary(k: &KeyRecord) -> Value {
         "models": k.scope.models, "endpoints": k.scope.endpoints,
         "networks": k.scope.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "max_tokens": k.scope.max_tokens,
+        "client_cert_sha256": k.scope.client_cert,
         "expires_at": k.expires_at.map(rfc3339),
         "owner": k.owner,
         "status": if k.revoked_at.is_some() { "revoked" } else if k.disabled_at.is_some() { "disabled" } else { "active" },
@@ -380,6 +387,7 @@ pub fn key_json(k: &KeyRecord, now: i64) -> Value {
             "endpoints": k.scope.endpoints,
             "networks": k.scope.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "max_tokens": k.scope.max_tokens,
+            "client_cert_sha256": k.scope.client_cert,
         },
         "expires_at": k.expires_at.map(rfc3339),
         "owner": k.owner,
@@ -401,6 +409,7 @@ pub fn admin_json(a: &AdminRecord) -> Value {
         "name": a.name,
         "role": a.role.as_str(),
         "status": if a.revoked_at.is_some() { "revoked" } else { "active" },
+        "client_cert_sha256": a.cert,
         "created_at": rfc3339(a.created_at),
         "created_by": a.created_by,
         "last_used_at": a.last_used_at.map(rfc3339),

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeyError, KeyId, is_name};
+use crate::scope::is_fingerprint;
 
 /// What an admin principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,9 @@ pub struct AdminRecord {
     pub created_by: String,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// The SHA-256 fingerprint of a client certificate that authenticates
+    /// as this principal over mutual TLS, without the token.
+    pub cert: Option<String>,
 }
 
 /// What the caller supplies to create an admin principal.
@@ -64,14 +68,17 @@ pub struct NewAdmin {
     pub name: String,
     pub role: Role,
     pub created_by: String,
+    pub cert: Option<String>,
 }
 
 impl NewAdmin {
     pub fn validate(&self) -> Result<(), KeyError> {
-        if is_name(&self.name) {
-            Ok(())
-        } else {
-            Err(KeyError::BadName)
+        if !is_name(&self.name) {
+            return Err(KeyError::BadName);
         }
+        if self.cert.as_deref().is_some_and(|c| !is_fingerprint(c)) {
+            return Err(KeyError::Scope(crate::scope::ScopeError::BadFingerprint));
+        }
+        Ok(())
     }
 }

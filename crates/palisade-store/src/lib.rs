@@ -79,6 +79,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_admin(&self, id: &KeyId) -> Result<Option<AdminRecord>, StoreError>;
 
+    /// The active admin principal bound to a client certificate.
+    async fn admin_by_cert(&self, fingerprint: &str) -> Result<Option<AdminRecord>, StoreError>;
+
     /// Every admin principal, oldest first.
     async fn list_admins(&self) -> Result<Vec<AdminRecord>, StoreError>;
 

@@ -24,6 +24,10 @@ pub struct Scope {
     /// The most completion tokens one request may ask for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// The SHA-256 fingerprint (lowercase hex) of the client certificate
+    /// the key must be used with, over mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
 }
 
 impl Default for Scope {
@@ -33,6 +37,7 @@ impl Default for Scope {
             endpoints: vec![ANY.to_owned()],
             networks: Vec::new(),
             max_tokens: None,
+            client_cert: None,
         }
     }
 }
@@ -49,6 +54,8 @@ pub enum ScopeError {
     BadNetwork(String),
     #[error("max_tokens must be at least 1")]
     BadMaxTokens,
+    #[error("a client certificate fingerprint is 64 lowercase hex characters (SHA-256)")]
+    BadFingerprint,
 }
 
 impl Scope {
@@ -67,6 +74,11 @@ impl Scope {
         }
         if self.max_tokens == Some(0) {
             return Err(ScopeError::BadMaxTokens);
+        }
+        if let Some(fp) = &self.client_cert
+            && !is_fingerprint(fp)
+        {
+            return Err(ScopeError::BadFingerprint);
         }
         Ok(())
     }
@@ -88,6 +100,13 @@ impl Scope {
     pub fn any_model(&self) -> bool {
         self.models.iter().any(|p| p.chars().all(|c| c == '*'))
     }
+}
+
+/// A SHA-256 fingerprint as Palisade writes them: 64 lowercase hex digits.
+pub fn is_fingerprint(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address (as /32 or

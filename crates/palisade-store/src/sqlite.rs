@@ -63,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER,
         last_used_at INTEGER
     )",
+    "ALTER TABLE admin_tokens ADD COLUMN cert_sha256 TEXT;
+    CREATE INDEX admin_tokens_cert ON admin_tokens (cert_sha256)",
 ];
 
 #[derive(Clone)]
@@ -188,7 +190,7 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 const ADMIN_COLUMNS: &str =
-    "id, name, role, hash, created_at, created_by, revoked_at, last_used_at";
+    "id, name, role, hash, created_at, created_by, revoked_at, last_used_at, cert_sha256";
 
 fn admin_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AdminRecord> {
     let id: String = row.get(0)?;
@@ -203,6 +205,7 @@ fn admin_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AdminRecord> {
         created_by: row.get(5)?,
         revoked_at: row.get(6)?,
         last_used_at: row.get(7)?,
+        cert: row.get(8)?,
     })
 }
 
@@ -462,19 +465,21 @@ impl Store for SqliteStore {
             created_by: new.created_by,
             revoked_at: None,
             last_used_at: None,
+            cert: new.cert,
         };
         let stored = record.clone();
         self.with_conn(move |c| {
             c.execute(
-                "INSERT INTO admin_tokens (id, name, role, hash, created_at, created_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO admin_tokens (id, name, role, hash, created_at, created_by, cert_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     stored.id.as_str(),
                     stored.name,
                     stored.role.as_str(),
                     stored.hash.as_slice(),
                     stored.created_at,
-                    stored.created_by
+                    stored.created_by,
+                    stored.cert
                 ],
             )?;
             Ok(())
@@ -490,6 +495,18 @@ impl Store for SqliteStore {
                 "SELECT {ADMIN_COLUMNS} FROM admin_tokens WHERE id = ?1"
             ))?;
             Ok(stmt.query_row([id.as_str()], admin_from_row).optional()?)
+        })
+        .await
+    }
+
+    async fn admin_by_cert(&self, fingerprint: &str) -> Result<Option<AdminRecord>, StoreError> {
+        let fp = fingerprint.to_owned();
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ADMIN_COLUMNS} FROM admin_tokens WHERE cert_sha256 = ?1 \
+                 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1"
+            ))?;
+            Ok(stmt.query_row([fp], admin_from_row).optional()?)
         })
         .await
     }
@@ -626,6 +643,7 @@ mod tests {
             endpoints: vec!["chat_completions".into()],
             networks: vec![crate::scope::parse_network("10.0.0.0/8").unwrap()],
             max_tokens: Some(512),
+            client_cert: Some("0f".repeat(32)),
         };
         new.expires_at = Some(5000);
         new.owner = Some("search-team".into());
@@ -710,6 +728,7 @@ mod tests {
                     name: "alice".into(),
                     role: Role::Admin,
                     created_by: "cli:root".into(),
+                    cert: Some("ab".repeat(32)),
                 },
                 5,
             )
@@ -724,6 +743,13 @@ mod tests {
             .await
             .unwrap();
         assert!(store.revoke_admin(&alice.id, 10).await.unwrap());
+        assert!(
+            store
+                .admin_by_cert(&"ab".repeat(32))
+                .await
+                .unwrap()
+                .is_none()
+        );
         let all = store.list_admins().await.unwrap();
         assert_eq!(
             (all.len(), all[0].revoked_at, all[0].last_used_at),
@@ -736,6 +762,7 @@ mod tests {
                         name: "Bad Name".into(),
                         role: Role::Auditor,
                         created_by: String::new(),
+                        cert: None,
                     },
                     5
                 )

@@ -237,6 +237,10 @@ pub enum KeysCommand {
         /// Most completion tokens one request may ask for.
         #[arg(long)]
         max_tokens: Option<u32>,
+        /// Bind the key to this client certificate (PEM): over mutual TLS,
+        /// the key works only with it.
+        #[arg(long)]
+        cert: Option<PathBuf>,
         /// The team or person answerable for the key.
         #[arg(long)]
         owner: Option<String>,
@@ -313,6 +317,10 @@ pub enum AdminCommand {
         role: String,
         #[arg(long)]
         name: String,
+        /// A client certificate (PEM) that authenticates as this principal
+        /// over mutual TLS on the admin listener, without the token.
+        #[arg(long)]
+        cert: Option<PathBuf>,
         #[arg(long)]
         ticket: Option<String>,
         #[arg(long)]

@@ -76,6 +76,7 @@ async fn first_admin(
         .create_admin(
             "admin".into(),
             palisade_store::Role::Admin,
+            None,
             &actor,
             palisade_store::unix_now(),
         )

@@ -88,6 +88,11 @@ fn cli_actor(ticket: Option<String>) -> Actor {
     }
 }
 
+/// The SHA-256 fingerprint of the certificate in a PEM file.
+fn cert_fingerprint(path: &std::path::Path) -> anyhow::Result<String> {
+    Ok(palisade_server::tls::fingerprint_file(path)?)
+}
+
 fn key_id(id: &str) -> anyhow::Result<KeyId> {
     KeyId::parse(id).context("not a key id (12 characters, as shown by `keys list`)")
 }
@@ -119,12 +124,14 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             cidr,
             expires,
             max_tokens,
+            cert,
             owner,
             ticket,
             labels,
             json,
             target,
         } => {
+            let client_cert_sha256 = cert.as_deref().map(cert_fingerprint).transpose()?;
             let req = KeyRequest {
                 tenant,
                 app,
@@ -134,6 +141,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 networks: cidr,
                 expires_in: expires,
                 max_tokens,
+                client_cert_sha256,
                 owner,
                 ticket,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -333,18 +341,27 @@ pub async fn run_admin(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Create {
             role,
             name,
+            cert,
             ticket,
             json,
             target,
         } => {
             let role = Role::parse(&role).context("--role is admin or auditor")?;
             manage::check_ticket(ticket.as_deref())?;
-            let body = json!({"name": name, "role": role.as_str(), "ticket": ticket});
+            let cert = cert.as_deref().map(cert_fingerprint).transpose()?;
+            let body = json!({"name": name, "role": role.as_str(), "ticket": ticket,
+                              "client_cert_sha256": cert});
             let created = write(
                 &target,
                 async |m| {
                     let (record, token) = m
-                        .create_admin(name.clone(), role, &cli_actor(ticket.clone()), unix_now())
+                        .create_admin(
+                            name.clone(),
+                            role,
+                            cert.clone(),
+                            &cli_actor(ticket.clone()),
+                            unix_now(),
+                        )
                         .await?;
                     let mut v = admin_json(&record);
                     v["token"] = json!(token.expose());
@@ -444,6 +461,7 @@ fn key_request_json(r: &KeyRequest) -> Value {
     set("networks", json!(r.networks));
     set("expires_in", json!(r.expires_in));
     set("max_tokens", json!(r.max_tokens));
+    set("client_cert_sha256", json!(r.client_cert_sha256));
     set("owner", json!(r.owner));
     set("ticket", json!(r.ticket));
     if !r.labels.is_empty() {

@@ -37,9 +37,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config_hash: audit::config_hash(&file_bytes, &env),
     };
     let app = Application::build(config, deps, &lookup).await?;
+    tokio::spawn(reload_on_sighup(app.tls_reloader()));
     announce(&app, args.ready_file.as_deref())?;
     app.run_until(shutdown_signal()).await?;
     Ok(())
+}
+
+/// SIGHUP reloads the listeners' TLS certificates and keys; connections
+/// already open are not dropped.
+async fn reload_on_sighup(reloader: palisade_server::app::TlsReloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if reloader.reload().is_empty() {
+                tracing::info!("SIGHUP: no TLS listener to reload");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// `serve --demo`: a built-in provider on a loopback port, embedded storage
@@ -112,6 +132,7 @@ upstream_model = "palisade-demo-claude-1"
                 name: DEMO_ADMIN.into(),
                 role: Role::Admin,
                 created_by: "demo".into(),
+                cert: None,
             },
             unix_now(),
         )

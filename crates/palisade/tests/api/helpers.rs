@@ -32,6 +32,8 @@ pub struct TestApp {
     pub access: MemorySink,
     /// The audit ledger's writer.
     pub journal: Arc<palisade_ledger::Journal>,
+    /// Reloads the listeners' TLS files, as SIGHUP does in the binary.
+    pub tls: palisade_server::app::TlsReloader,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -149,6 +151,7 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
     };
     let app = Application::build(config, deps, &env).await.unwrap();
     let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
+    let tls = app.tls_reloader();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -162,6 +165,7 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
         dir,
         access,
         journal,
+        tls,
         client: Client::builder(TokioExecutor::new()).build_http(),
         shutdown: Some(tx),
         task: Some(task),
@@ -177,6 +181,7 @@ impl TestApp {
                 name: name.into(),
                 role,
                 created_by: "test".into(),
+                cert: None,
             },
             palisade_store::unix_now(),
         )

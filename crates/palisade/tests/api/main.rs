@@ -8,6 +8,7 @@ mod binary;
 mod crash;
 mod errors;
 mod helpers;
+mod inbound_tls;
 mod ledger;
 mod lifecycle;
 mod proxy;
