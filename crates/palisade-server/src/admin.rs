@@ -10,11 +10,11 @@
 //! entries; reads of the ledger and its index are audit entries too.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use palisade_store::{AuditQuery, KeyId, Role, unix_now};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{AdminPrincipal, Refused, RefusedKind, client_ip};
+use crate::auth::{AdminPrincipal, Refused, RefusedKind};
 use crate::manage::{
     self, Actor, KeyRequest, ManageError, Manager, OnChange, admin_json, key_json,
 };
@@ -275,12 +275,6 @@ fn access_for(method: &Method, path: &str) -> Access {
     }
 }
 
-fn peer_ip(req: &Request) -> IpAddr {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
-}
-
 /// Authenticates an admin token and checks its role against the method.
 /// Also guards the ledger's tiles (`/audit/...`), unless `ledger.public`.
 pub(crate) async fn authenticate(
@@ -293,15 +287,7 @@ pub(crate) async fn authenticate(
     if access == Access::Open || public_ledger {
         return next.run(req).await;
     }
-    let client = client_ip(
-        peer_ip(&req),
-        req.headers(),
-        &state.config().access.trusted_proxies,
-    );
-    let cert = req
-        .extensions()
-        .get::<crate::tls::ClientCert>()
-        .map(|c| c.0.clone());
+    let (client, cert) = crate::app::caller(&req, &state);
     match state
         .auth()
         .authenticate_admin(req.headers(), client, cert.as_deref())

@@ -475,6 +475,22 @@ struct KeyIdTag(String);
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
 
+/// Who is on the other end: the address the request is judged by (see
+/// [`client_ip`]) and the fingerprint of the client certificate presented
+/// over mutual TLS.
+pub(crate) fn caller(req: &Request, state: &AppState) -> (IpAddr, Option<String>) {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let client = client_ip(peer, req.headers(), &state.config().access.trusted_proxies);
+    let cert = req
+        .extensions()
+        .get::<crate::tls::ClientCert>()
+        .map(|c| c.0.clone());
+    (client, cert)
+}
+
 /// The scope label of a proxy path; `None` for paths every key may use
 /// (the model list, which is filtered by the key's model scope) and for
 /// unknown paths (which answer 404).
@@ -492,16 +508,8 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     }
     let dialect = Dialect::of_path(path);
     let endpoint = scope_label(path);
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-    let client = client_ip(peer, req.headers(), &state.config().access.trusted_proxies);
+    let (client, cert) = caller(&req, &state);
     req.extensions_mut().insert(ClientAddr(client));
-    let cert = req
-        .extensions()
-        .get::<crate::tls::ClientCert>()
-        .map(|c| c.0.clone());
     match state
         .auth()
         .authenticate(req.headers(), client, endpoint, cert.as_deref())
