@@ -254,14 +254,24 @@ impl Application {
 
 /// How often last-use times are written to the store.
 const FLUSH_USE_EVERY: Duration = Duration::from_secs(10);
+/// How often keys that expired are put on record.
+const RECORD_EXPIRED_EVERY: Duration = Duration::from_secs(60);
 /// How often keys unused past `access.disable_unused_after` are disabled.
 const DISABLE_UNUSED_EVERY: Duration = Duration::from_secs(3600);
 
-/// Writes keys' last-use times, and disables keys unused for too long (at
-/// start-up, then hourly), until `stop`; a last flush on the way out.
+/// Key upkeep until `stop`: writes last-use times, records expiries, and
+/// disables keys unused for too long (each at start-up, then
+/// periodically); a last flush on the way out.
 async fn housekeeping(state: AppState, stop: tokio_util::sync::CancellationToken) {
     let mut flush = tokio::time::interval(FLUSH_USE_EVERY);
+    let mut expired = tokio::time::interval(RECORD_EXPIRED_EVERY);
     let mut disable = tokio::time::interval(DISABLE_UNUSED_EVERY);
+    let manager = || crate::manage::Manager {
+        store: state.auth().store().as_ref(),
+        audit: state.audit(),
+        config: state.config(),
+        cache: state.auth(),
+    };
     loop {
         tokio::select! {
             _ = flush.tick() => {
@@ -269,17 +279,16 @@ async fn housekeeping(state: AppState, stop: tokio_util::sync::CancellationToken
                     tracing::warn!(target: "palisade::auth", error = %e, "key last-use times not written");
                 }
             }
+            _ = expired.tick() => {
+                if let Err(e) = manager().record_expired(palisade_store::unix_now()).await {
+                    tracing::warn!(target: "palisade::auth", error = %e, "key expiries not recorded");
+                }
+            }
             _ = disable.tick() => {
                 if let Some(after) = state.config().access.disable_unused_after {
                     // Use noted since the last flush counts.
                     let _ = state.auth().flush_use().await;
-                    let manager = crate::manage::Manager {
-                        store: state.auth().store().as_ref(),
-                        audit: state.audit(),
-                        config: state.config(),
-                        cache: state.auth(),
-                    };
-                    match manager.disable_unused(after, palisade_store::unix_now()).await {
+                    match manager().disable_unused(after, palisade_store::unix_now()).await {
                         Ok(ids) if !ids.is_empty() => {
                             tracing::info!(target: "palisade::auth", count = ids.len(), "disabled unused keys");
                         }

@@ -650,3 +650,94 @@ mod tests {
         assert_eq!(client_ip(proxy, &h, &trusted), proxy);
     }
 }
+
+/// Every combination of the five things a key's use depends on — model,
+/// endpoint, network, expiry, environment — against what the gateway
+/// decides, including which refusal comes first.
+#[cfg(test)]
+mod scope_matrix {
+    use super::*;
+    use axum::http::HeaderValue;
+    use palisade_store::scope::parse_network;
+    use palisade_store::{NewKey, SqliteStore, unix_now};
+
+    #[tokio::test]
+    async fn the_full_matrix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let access = AccessConfig {
+            environments: vec!["prod".into()],
+            failed_auth_burst: 10_000,
+            ..AccessConfig::default()
+        };
+        let now = unix_now();
+        let client: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut checked = 0;
+        for bits in 0u8..32 {
+            let [model_ok, endpoint_ok, network_ok, unexpired, env_declared] =
+                [0, 1, 2, 3, 4].map(|i| bits & (1 << i) != 0);
+            let new = NewKey {
+                tenant: "acme".into(),
+                app: "matrix".into(),
+                env: if env_declared { "prod" } else { "qa" }.into(),
+                scope: Scope {
+                    models: vec![if model_ok { "gpt-*" } else { "claude-*" }.into()],
+                    endpoints: vec![
+                        if endpoint_ok {
+                            "chat_completions"
+                        } else {
+                            "embeddings"
+                        }
+                        .into(),
+                    ],
+                    networks: vec![
+                        parse_network(if network_ok {
+                            "10.0.0.0/8"
+                        } else {
+                            "192.168.0.0/16"
+                        })
+                        .unwrap(),
+                    ],
+                    ..Scope::default()
+                },
+                expires_at: Some(if unexpired { now + 3600 } else { now - 1 }),
+                ..NewKey::default()
+            };
+            let (_, key) = store.create_key(new, now - 10).await.unwrap();
+            // A fresh authenticator per key, so no throttling carries over.
+            let auth = Authenticator::new(Arc::new(store.clone()), &access);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {}", key.expose())).unwrap(),
+            );
+            let got = match auth
+                .authenticate(&headers, client, Some("chat_completions"), None)
+                .await
+            {
+                Ok(p) if p.scope().allows_model("gpt-4o") => "ok",
+                Ok(_) => "model_not_allowed",
+                Err(r) => r.reason,
+            };
+            let want = if !unexpired {
+                "expired"
+            } else if !env_declared {
+                "environment_not_declared"
+            } else if !network_ok {
+                "network_not_allowed"
+            } else if !endpoint_ok {
+                "endpoint_not_allowed"
+            } else if !model_ok {
+                "model_not_allowed"
+            } else {
+                "ok"
+            };
+            assert_eq!(
+                got, want,
+                "model {model_ok} endpoint {endpoint_ok} network {network_ok} unexpired {unexpired} env {env_declared}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 32);
+    }
+}

@@ -303,6 +303,34 @@ impl Manager<'_> {
         Ok(disabled)
     }
 
+    /// Records every key that has expired since the last look
+    /// (`admin.key_expired`, actor `system`). Expiry is in force from its
+    /// moment whether or not this has run; this puts the transition on
+    /// record. Returns the ids recorded.
+    pub async fn record_expired(&self, now: i64) -> Result<Vec<KeyId>, ManageError> {
+        let actor = Actor {
+            name: "system".into(),
+            ticket: None,
+        };
+        let mut recorded = Vec::new();
+        for k in self.store.expired_unrecorded(now).await? {
+            self.record(
+                "admin.key_expired",
+                &actor,
+                json!({
+                    "action": "key.expire", "target": k.id.as_str(),
+                    "expired_at": k.expires_at.map(rfc3339),
+                    "before": summary(&k),
+                    "after": {"status": "expired"},
+                }),
+            )
+            .await?;
+            self.store.mark_expiry_recorded(&k.id, now).await?;
+            recorded.push(k.id);
+        }
+        Ok(recorded)
+    }
+
     pub async fn create_admin(
         &self,
         name: String,

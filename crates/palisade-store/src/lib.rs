@@ -67,6 +67,13 @@ pub trait Store: Send + Sync + 'static {
     /// Disables a key (for disuse). `Ok(false)` when no such key.
     async fn disable_key(&self, id: &KeyId, now: i64) -> Result<bool, StoreError>;
 
+    /// Keys that have expired by `now` (and are not revoked) whose expiry
+    /// has not been recorded yet.
+    async fn expired_unrecorded(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Notes that a key's expiry is on record.
+    async fn mark_expiry_recorded(&self, id: &KeyId, now: i64) -> Result<(), StoreError>;
+
     /// Records when keys were last used (the later time wins).
     async fn touch_keys(&self, used: Vec<(KeyId, i64)>) -> Result<(), StoreError>;
 

@@ -65,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
     )",
     "ALTER TABLE admin_tokens ADD COLUMN cert_sha256 TEXT;
     CREATE INDEX admin_tokens_cert ON admin_tokens (cert_sha256)",
+    "ALTER TABLE api_keys ADD COLUMN expiry_recorded_at INTEGER;
+    CREATE INDEX api_keys_expires ON api_keys (expires_at) WHERE expires_at IS NOT NULL",
 ];
 
 #[derive(Clone)]
@@ -445,6 +447,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn expired_unrecorded(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError> {
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE expires_at IS NOT NULL \
+                 AND expires_at <= ?1 AND expiry_recorded_at IS NULL AND revoked_at IS NULL \
+                 ORDER BY expires_at, id"
+            ))?;
+            let rows = stmt.query_map([now], key_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn mark_expiry_recorded(&self, id: &KeyId, now: i64) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            c.execute(
+                "UPDATE api_keys SET expiry_recorded_at = ?2 WHERE id = ?1 AND expiry_recorded_at IS NULL",
+                params![id.as_str(), now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn touch_keys(&self, used: Vec<(KeyId, i64)>) -> Result<(), StoreError> {
         self.with_conn(move |c| touch(c, "api_keys", &used)).await
     }
@@ -712,6 +739,18 @@ mod tests {
             .unwrap();
         let got = store.get_key(&record.id).await.unwrap().unwrap();
         assert_eq!(got.last_used_at, Some(50));
+        assert!(store.expired_unrecorded(1000).await.unwrap().is_empty());
+        let mut expiring = new_key("prod");
+        expiring.expires_at = Some(100);
+        let (expiring, _) = store.create_key(expiring, 10).await.unwrap();
+        assert!(store.expired_unrecorded(99).await.unwrap().is_empty());
+        let due = store.expired_unrecorded(100).await.unwrap();
+        assert_eq!(
+            due.iter().map(|k| &k.id).collect::<Vec<_>>(),
+            [&expiring.id]
+        );
+        store.mark_expiry_recorded(&expiring.id, 101).await.unwrap();
+        assert!(store.expired_unrecorded(1000).await.unwrap().is_empty());
         assert!(store.disable_key(&record.id, 60).await.unwrap());
         assert!(store.disable_key(&record.id, 70).await.unwrap());
         let got = store.get_key(&record.id).await.unwrap().unwrap();

@@ -10,7 +10,7 @@ use palisade_mock::MockOptions;
 use palisade_store::{NewKey, Role, Store};
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, spawn_app, spawn_with};
+use crate::helpers::{Reply, TestApp, spawn_app, spawn_prepared, spawn_with};
 
 async fn admin(app: &TestApp, method: Method, path: &str, token: &str, body: Value) -> Reply {
     let auth = format!("Bearer {token}");
@@ -632,4 +632,67 @@ async fn the_access_review_flags_keys_and_no_log_holds_key_material() {
         assert!(!lines.contains(tail), "key material in the access log");
         assert!(!ledger.contains(tail), "key material in the ledger");
     }
+}
+
+#[tokio::test]
+async fn expiry_and_disuse_are_recorded_by_the_gateway() {
+    let day = 86_400;
+    let now = palisade_store::unix_now();
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let made = Arc::clone(&ids);
+    let app = spawn_prepared(
+        MockOptions::default(),
+        |c| c.access.disable_unused_after = Some(Duration::from_secs(30 * day as u64)),
+        |store| async move {
+            let new = |expires_at| NewKey {
+                tenant: "acme".into(),
+                app: "old".into(),
+                env: "dev".into(),
+                expires_at,
+                ..NewKey::default()
+            };
+            // Made 40 days ago and never used; one that expired an hour ago.
+            let (stale, _) = store.create_key(new(None), now - 40 * day).await.unwrap();
+            let (expired, _) = store
+                .create_key(new(Some(now - 3600)), now - day)
+                .await
+                .unwrap();
+            made.lock().unwrap().extend([stale.id, expired.id]);
+        },
+    )
+    .await;
+    let (stale, expired) = {
+        let ids = ids.lock().unwrap();
+        (ids[0].clone(), ids[1].clone())
+    };
+    // The gateway looks at start-up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entries = app.ledger_entries().await;
+        let of = |kind: &str| {
+            entries
+                .iter()
+                .filter(|e| e["kind"] == kind)
+                .map(|e| e["target"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let (disabled, expirations) = (of("admin.key_disabled"), of("admin.key_expired"));
+        if !disabled.is_empty() && !expirations.is_empty() {
+            assert_eq!(disabled, [stale.to_string()]);
+            assert_eq!(expirations, [expired.to_string()]);
+            let d = entries
+                .iter()
+                .find(|e| e["kind"] == "admin.key_disabled")
+                .unwrap();
+            assert_eq!(d["actor"], "system");
+            assert_eq!(d["unused_days"], 40);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recorded: {entries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = app.store.get_key(&stale).await.unwrap().unwrap();
+    assert_eq!(record.status(now), "disabled");
+    // The key made for the test (new) is still fine.
+    assert_eq!(chat(&app, &app.key, "gpt-test", &[]).await.status, 200);
 }

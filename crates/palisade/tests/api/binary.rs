@@ -236,6 +236,12 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
     let line: Value = serde_json::from_str(access).unwrap();
     assert_eq!(line["status"], 200);
     assert!(!logs.contains(&key), "key in logs");
+    assert!(!logs.contains(&token), "admin token in logs");
+    let second_key = second["key"].as_str().unwrap();
+    assert!(
+        !logs.contains(second_key),
+        "key made through the admin API in logs"
+    );
     assert!(!logs.contains("PROMPT-MARKER"), "prompt text in logs");
     assert!(!logs.contains("078-05-1120"), "prompt text in logs");
     assert!(

@@ -92,6 +92,16 @@ pub async fn spawn_app() -> TestApp {
 /// A gateway with two providers on one mock: `gpt-test` (OpenAI kind) and
 /// `claude-test` (Anthropic kind). `tweak` may change the config.
 pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_prepared(mock_options, tweak, |_| async {}).await
+}
+
+/// [`spawn_with`], and `prepare` runs on the store before the gateway
+/// starts.
+pub async fn spawn_prepared<F: std::future::Future<Output = ()>>(
+    mock_options: MockOptions,
+    tweak: impl FnOnce(&mut Config),
+    prepare: impl FnOnce(SqliteStore) -> F,
+) -> TestApp {
     let mock = MockServer::start(([127, 0, 0, 1], 0).into(), mock_options)
         .await
         .unwrap();
@@ -133,6 +143,7 @@ pub async fn spawn_with(mock_options: MockOptions, tweak: impl FnOnce(&mut Confi
         )
         .await
         .unwrap();
+    prepare(store.clone()).await;
     let env = |name: &str| match name {
         "MOCK_OPENAI_KEY" => Some(OPENAI_SECRET.to_owned()),
         "MOCK_ANTHROPIC_KEY" => Some(ANTHROPIC_SECRET.to_owned()),

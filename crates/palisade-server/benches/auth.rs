@@ -1,0 +1,63 @@
+//! Key verification for a cached key: the work every proxy request does
+//! before anything else (format and checksum, cache lookup, constant-time
+//! hash comparison, expiry, environment, network and endpoint scope, the
+//! last-use note). Target: at most 5 µs.
+//!
+//! `cargo bench -p palisade-server --bench auth`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue};
+use criterion::{Criterion, criterion_group, criterion_main};
+use palisade_config::AccessConfig;
+use palisade_server::auth::Authenticator;
+use palisade_store::scope::parse_network;
+use palisade_store::{NewKey, Scope, SqliteStore, Store};
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    let (_, key) = rt
+        .block_on(store.create_key(
+            NewKey {
+                tenant: "acme".into(),
+                app: "bench".into(),
+                env: "prod".into(),
+                scope: Scope {
+                    models: vec!["gpt-4o*".into()],
+                    endpoints: vec!["chat_completions".into(), "embeddings".into()],
+                    networks: vec![parse_network("127.0.0.0/8").unwrap()],
+                    ..Scope::default()
+                },
+                ..NewKey::default()
+            },
+            palisade_store::unix_now(),
+        ))
+        .unwrap();
+    let auth = Authenticator::new(Arc::new(store), &AccessConfig::default());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", key.expose())).unwrap(),
+    );
+    let client = "127.0.0.1".parse().unwrap();
+    // Warm the cache.
+    rt.block_on(auth.authenticate(&headers, client, Some("chat_completions"), None))
+        .unwrap();
+    c.bench_function("authenticate a cached key", |b| {
+        b.to_async(&rt).iter(|| async {
+            auth.authenticate(&headers, client, Some("chat_completions"), None)
+                .await
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
