@@ -361,8 +361,11 @@ impl<R> Default for RecordCache<R> {
     }
 }
 
+/// A record, or the knowledge that there is none: unknown ids are cached
+/// too, so that a known and an unknown id take the same time to refuse and
+/// a flood of made-up ids does not reach the store each time.
 struct Cached<R> {
-    record: Arc<R>,
+    record: Option<Arc<R>>,
     at: Instant,
     refreshing: Arc<AtomicBool>,
 }
@@ -370,7 +373,7 @@ struct Cached<R> {
 impl<R> Clone for Cached<R> {
     fn clone(&self) -> Self {
         Self {
-            record: Arc::clone(&self.record),
+            record: self.record.clone(),
             at: self.at,
             refreshing: Arc::clone(&self.refreshing),
         }
@@ -393,25 +396,22 @@ impl<R> RecordCache<R> {
         if let Some(c) = &cached {
             let age = now.duration_since(c.at);
             if age < CACHE_TTL {
-                return Ok(Some(Arc::clone(&c.record)));
+                return Ok(c.record.clone());
             }
             let someone_else = c.refreshing.swap(true, Ordering::AcqRel);
             if someone_else && age < CACHE_TTL + REFRESH_GRACE {
-                return Ok(Some(Arc::clone(&c.record)));
+                return Ok(c.record.clone());
             }
             claimed = Some(Arc::clone(&c.refreshing));
         }
         let record = match fetch().await {
-            Ok(Some(record)) => Arc::new(record),
-            other => {
+            Ok(found) => found.map(Arc::new),
+            Err(e) => {
                 // Let the next request try again.
                 if let Some(flag) = claimed {
                     flag.store(false, Ordering::Release);
                 }
-                if let Ok(None) = other {
-                    self.forget(id);
-                }
-                return other.map(|_| None);
+                return Err(e);
             }
         };
         if let Ok(mut map) = self.map.write() {
@@ -421,13 +421,13 @@ impl<R> RecordCache<R> {
             map.insert(
                 id.clone(),
                 Cached {
-                    record: Arc::clone(&record),
+                    record: record.clone(),
                     at: now,
                     refreshing: Arc::new(AtomicBool::new(false)),
                 },
             );
         }
-        Ok(Some(record))
+        Ok(record)
     }
 
     fn forget(&self, id: &KeyId) {
