@@ -97,9 +97,33 @@ pub struct LedgerConfig {
     /// How often entries go into tiles and a new signed checkpoint.
     #[serde(with = "duration::serde_str")]
     pub checkpoint_interval: Duration,
-    /// Serve `/audit/checkpoint` and `/audit/tile/...` to anyone who can
-    /// reach the admin listener. Off: an admin or auditor token is needed.
-    pub public: bool,
+    /// What of the ledger is served without an admin or auditor token.
+    pub public: LedgerPublic,
+}
+
+/// What of the ledger the admin listener serves to anyone who reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerPublic {
+    /// Nothing: `/audit/...` needs an admin or auditor token.
+    None,
+    /// `/audit/checkpoint` only, so that anyone can watch the log grow
+    /// (and witnesses can cosign); the tiles, which hold the entries, still
+    /// need a token.
+    Checkpoint,
+    /// The checkpoint and every tile.
+    All,
+}
+
+impl LedgerPublic {
+    /// Whether `path` (`/audit/...`) is served without a token.
+    pub fn serves(self, path: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::Checkpoint => path == "/audit/checkpoint",
+            Self::All => path.starts_with("/audit/"),
+        }
+    }
 }
 
 impl Default for LedgerConfig {
@@ -108,7 +132,7 @@ impl Default for LedgerConfig {
             origin: String::new(),
             durability: LedgerDurability::Strict,
             checkpoint_interval: Duration::from_secs(1),
-            public: false,
+            public: LedgerPublic::None,
         }
     }
 }

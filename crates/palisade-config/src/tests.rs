@@ -221,7 +221,12 @@ fn access_section_defaults_and_validation() {
     let c = Config::from_toml("t", "", no_env()).unwrap();
     assert_eq!(c.access.environments, ["prod", "staging", "dev"]);
     assert_eq!(c.access.disable_unused_after, None);
-    assert!(!c.ledger.public);
+    assert_eq!(c.ledger.public, LedgerPublic::None);
+    let c = Config::from_toml("t", "[ledger]\npublic = \"checkpoint\"\n", no_env()).unwrap();
+    assert!(c.ledger.public.serves("/audit/checkpoint"));
+    assert!(!c.ledger.public.serves("/audit/tile/0/000"));
+    assert!(LedgerPublic::All.serves("/audit/tile/0/000"));
+    assert!(Config::from_toml("t", "[ledger]\npublic = true\n", no_env()).is_err());
     let text = r#"
 [access]
 environments = ["prod", "ci"]

@@ -276,14 +276,14 @@ fn access_for(method: &Method, path: &str) -> Access {
 }
 
 /// Authenticates an admin token and checks its role against the method.
-/// Also guards the ledger's tiles (`/audit/...`), unless `ledger.public`.
+/// Also guards the ledger (`/audit/...`), except what `ledger.public` opens.
 pub(crate) async fn authenticate(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let access = access_for(req.method(), req.uri().path());
-    let public_ledger = state.config().ledger.public && req.uri().path().starts_with("/audit/");
+    let public_ledger = state.config().ledger.public.serves(req.uri().path());
     if access == Access::Open || public_ledger {
         return next.run(req).await;
     }

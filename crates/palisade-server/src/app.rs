@@ -77,7 +77,7 @@ pub fn proxy_router(state: AppState) -> Router {
 }
 
 /// The admin router: metrics and health (open), the ledger's tiles and
-/// the admin API (an admin token; the tiles are open with `ledger.public`).
+/// the admin API (an admin token; `ledger.public` may open the checkpoint or all of it).
 pub fn admin_router(state: AppState) -> Router {
     let ledger = routes::ledger().layer(middleware::from_fn_with_state(
         state.clone(),

@@ -30,7 +30,7 @@ pub fn admin() -> Router<AppState> {
 }
 
 /// The ledger in the tlog-tiles layout (guarded by the admin API's
-/// authentication unless `ledger.public`).
+/// authentication, except what `ledger.public` opens).
 pub fn ledger() -> Router<AppState> {
     Router::new()
         .route("/audit/checkpoint", get(ledger_http::checkpoint))

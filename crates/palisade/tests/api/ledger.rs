@@ -169,7 +169,7 @@ async fn the_admin_listener_serves_the_checkpoint_and_tiles() {
             .await;
     }
     let admin = |path: &str| format!("http://{}{path}", app.admin);
-    // The ledger is for admins and auditors (unless `ledger.public`).
+    // The ledger is for admins and auditors (unless `ledger.public` opens it).
     let r = app
         .send(Method::GET, &admin("/audit/checkpoint"), &[], "")
         .await;
@@ -288,4 +288,25 @@ async fn the_search_index_finds_entries_by_tenant_kind_and_status() {
     assert_eq!(entries[denied[0] as usize]["reason"], "model_not_found");
     let nothing = search(|q| q.tenant = Some("globex".into())).await.unwrap();
     assert!(nothing.is_empty());
+}
+
+#[tokio::test]
+async fn a_public_checkpoint_keeps_the_tiles_private() {
+    let app = spawn_with(palisade_mock::MockOptions::default(), |c| {
+        c.ledger.public = palisade_config::LedgerPublic::Checkpoint;
+    })
+    .await;
+    let entries = app.ledger_entries().await;
+    let admin = |path: &str| format!("http://{}{path}", app.admin);
+    let r = app
+        .send(Method::GET, &admin("/audit/checkpoint"), &[], "")
+        .await;
+    assert_eq!(r.status, 200);
+    let tile = format!("/audit/tile/entries/000.p/{}", entries.len());
+    let r = app.send(Method::GET, &admin(&tile), &[], "").await;
+    assert_eq!(r.status, 401);
+    let after = app.ledger_entries().await;
+    let reads = of_kind(&after, "audit.read");
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["actor"], "anonymous");
 }
