@@ -18,6 +18,7 @@
 
 mod detector;
 mod entity;
+pub mod json;
 mod normalize;
 mod protect;
 mod scan;

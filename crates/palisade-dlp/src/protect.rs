@@ -140,6 +140,29 @@ impl Session {
         self.apply(policy, text, &findings)
     }
 
+    /// Applies `policy` to every string of a JSON body the provider would
+    /// see (see [`crate::json`]): placeholders are first reserved against
+    /// every string of the body, then each string is protected. `None`
+    /// when nothing changed.
+    pub fn protect_json(
+        &mut self,
+        detector: &Detector,
+        policy: &Policy,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::json::JsonError> {
+        use crate::json::{MAX_DEPTH, rewrite_strings, structural};
+        rewrite_strings(body, MAX_DEPTH, &structural, &mut |s| {
+            self.reserve(s);
+            None
+        })?;
+        rewrite_strings(body, MAX_DEPTH, &structural, &mut |s| match self
+            .protect(detector, policy, s)
+        {
+            Cow::Owned(changed) => Some(changed),
+            Cow::Borrowed(_) => None,
+        })
+    }
+
     /// Notes the placeholder-shaped strings (`[EMAIL_3]`) in `text`, so
     /// that no placeholder of this request is the same as text the caller
     /// wrote. Call it for every text of a request before protecting any;
@@ -540,6 +563,41 @@ mod tests {
             // And the whole-text restorer agrees.
             assert_eq!(r.restore(&sent), original, "round {round}");
         }
+    }
+
+    #[test]
+    fn json_bodies_are_protected_in_place() {
+        let d = detector();
+        let body = r#"{"model":"gpt","messages":[{"role":"user","content":"I am jane@acme.io"},
+            {"role":"assistant","tool_calls":[{"id":"c1","function":{"name":"mail","arguments":"{\"to\":\"jane@acme.io\"}"}}]},
+            {"role":"user","content":[{"type":"text","text":"ssn 078-05-1120"}]}],"metadata":{"owner":"bob@acme.io"},"temperature":0.70}"#;
+        let mut s = Session::new();
+        let policy = Policy::new(Action::Tokenize).with("US_SSN", Action::Redact);
+        let out = s
+            .protect_json(&d, &policy, body.as_bytes())
+            .unwrap()
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.contains("jane@acme.io") && !out.contains("078-05") && !out.contains("bob@"),
+            "{out}"
+        );
+        assert!(out.contains(r#""content":"I am [EMAIL_1]""#), "{out}");
+        assert!(out.contains(r#"{\"to\":\"[EMAIL_1]\"}"#), "{out}");
+        assert!(out.contains(r#""text":"ssn [US_SSN_1]""#), "{out}");
+        assert!(
+            out.ends_with(r#""owner":"[EMAIL_2]"},"temperature":0.70}"#),
+            "{out}"
+        );
+        let r = s.restorer();
+        assert_eq!(
+            r.restore("[EMAIL_2] and [US_SSN_1]"),
+            "bob@acme.io and [US_SSN_1]"
+        );
+        // Bad bodies are refused with the reason.
+        let mut s = Session::new();
+        assert!(s.protect_json(&d, &policy, br#"{"a":1,"a":2}"#).is_err());
+        assert_eq!(s.protect_json(&d, &policy, br#"{"a":"clean"}"#), Ok(None));
     }
 
     #[test]

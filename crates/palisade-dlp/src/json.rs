@@ -1,0 +1,314 @@
+//! Every string a provider would see in a JSON body, rewritten in place.
+//!
+//! A single pass over the bytes: strings are decoded, handed to a
+//! function, and re-encoded only when it changes them; every other byte —
+//! member order, numbers as written, whitespace — is copied as it was.
+//! Nesting deeper than a limit, duplicate keys at any level and malformed
+//! JSON are refused with an error that names the problem (never the
+//! content). Values under keys the caller names — identifiers and enums
+//! such as `model`, `role`, `tool_call_id` — are left alone; everything
+//! else, tool definitions, metadata and free-form fields included, is
+//! content.
+
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    #[error("request body is not valid JSON (at byte {0})")]
+    Syntax(usize),
+    #[error("request body is nested more than {0} levels deep")]
+    TooDeep(usize),
+    #[error("request body has the key `{0}` more than once in one object")]
+    DuplicateKey(String),
+}
+
+/// How deep a body may nest, by default.
+pub const MAX_DEPTH: usize = 64;
+
+/// Keys whose values are identifiers or enums, not content: never
+/// rewritten (a placeholder there would break the request, and no
+/// detector matches them anyway).
+pub const STRUCTURAL_KEYS: &[&str] = &[
+    "model",
+    "role",
+    "type",
+    "id",
+    "call_id",
+    "tool_call_id",
+    "tool_use_id",
+    "tool_choice",
+    "previous_response_id",
+    "encoding_format",
+    "media_type",
+    "reasoning_effort",
+    "service_tier",
+];
+
+/// Rewrites every string value not under a key for which `skip_key` holds.
+/// `f` gets each decoded string and returns its replacement, if any.
+/// Returns `None` when nothing changed.
+pub fn rewrite_strings(
+    body: &[u8],
+    max_depth: usize,
+    skip_key: &dyn Fn(&str) -> bool,
+    f: &mut dyn FnMut(&str) -> Option<String>,
+) -> Result<Option<Vec<u8>>, JsonError> {
+    let mut p = Parser {
+        s: body,
+        i: 0,
+        out: Vec::new(),
+        copied: 0,
+        max_depth,
+        skip_key,
+        f,
+    };
+    p.value(0, false)?;
+    p.ws();
+    if p.i != body.len() {
+        return Err(JsonError::Syntax(p.i));
+    }
+    if p.copied == 0 {
+        return Ok(None);
+    }
+    p.out.extend_from_slice(&body[p.copied..]);
+    Ok(Some(p.out))
+}
+
+struct Parser<'a, 'f> {
+    s: &'a [u8],
+    i: usize,
+    out: Vec<u8>,
+    copied: usize,
+    max_depth: usize,
+    skip_key: &'f dyn Fn(&str) -> bool,
+    f: &'f mut dyn FnMut(&str) -> Option<String>,
+}
+
+impl Parser<'_, '_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn err<T>(&self) -> Result<T, JsonError> {
+        Err(JsonError::Syntax(self.i))
+    }
+
+    fn value(&mut self, depth: usize, skip: bool) -> Result<(), JsonError> {
+        self.ws();
+        match self.s.get(self.i) {
+            Some(b'{') => self.object(depth + 1, skip),
+            Some(b'[') => self.array(depth + 1, skip),
+            Some(b'"') => self.string(skip),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => {
+                while self.i < self.s.len()
+                    && matches!(
+                        self.s[self.i],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
+                {
+                    self.i += 1;
+                }
+                Ok(())
+            }
+            _ => self.err(),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), JsonError> {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            self.err()
+        }
+    }
+
+    fn object(&mut self, depth: usize, skip: bool) -> Result<(), JsonError> {
+        if depth > self.max_depth {
+            return Err(JsonError::TooDeep(self.max_depth));
+        }
+        self.i += 1;
+        self.ws();
+        if self.s.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut keys = HashSet::new();
+        loop {
+            self.ws();
+            if self.s.get(self.i) != Some(&b'"') {
+                return self.err();
+            }
+            let (start, end) = self.string_token()?;
+            let key: String = serde_json::from_slice(&self.s[start..end])
+                .map_err(|_| JsonError::Syntax(start))?;
+            self.ws();
+            if self.s.get(self.i) != Some(&b':') {
+                return self.err();
+            }
+            self.i += 1;
+            let skip_value = skip || (self.skip_key)(&key);
+            if !keys.insert(key) {
+                let key = serde_json::from_slice::<String>(&self.s[start..end]).unwrap_or_default();
+                return Err(JsonError::DuplicateKey(
+                    key.chars().filter(|c| !c.is_control()).take(64).collect(),
+                ));
+            }
+            self.value(depth, skip_value)?;
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return self.err(),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize, skip: bool) -> Result<(), JsonError> {
+        if depth > self.max_depth {
+            return Err(JsonError::TooDeep(self.max_depth));
+        }
+        self.i += 1;
+        self.ws();
+        if self.s.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.value(depth, skip)?;
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return self.err(),
+            }
+        }
+    }
+
+    /// The byte range of the string token at `i` (quotes included).
+    fn string_token(&mut self) -> Result<(usize, usize), JsonError> {
+        let start = self.i;
+        self.i += 1;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &self.s[self.i..]) {
+                None => {
+                    self.i = self.s.len();
+                    return self.err();
+                }
+                Some(off) => {
+                    self.i += off;
+                    if self.s[self.i] == b'\\' {
+                        self.i += 2;
+                        if self.i > self.s.len() {
+                            return self.err();
+                        }
+                    } else {
+                        self.i += 1;
+                        return Ok((start, self.i));
+                    }
+                }
+            }
+        }
+    }
+
+    fn string(&mut self, skip: bool) -> Result<(), JsonError> {
+        let (start, end) = self.string_token()?;
+        // Decoded even when skipped: invalid escapes or UTF-8 are refused
+        // wherever they are.
+        let decoded: String =
+            serde_json::from_slice(&self.s[start..end]).map_err(|_| JsonError::Syntax(start))?;
+        if skip {
+            return Ok(());
+        }
+        if let Some(new) = (self.f)(&decoded) {
+            self.out.extend_from_slice(&self.s[self.copied..start]);
+            let encoded = serde_json::to_vec(&new).map_err(|_| JsonError::Syntax(start))?;
+            self.out.extend_from_slice(&encoded);
+            self.copied = end;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a key is one of [`STRUCTURAL_KEYS`].
+pub fn structural(key: &str) -> bool {
+    STRUCTURAL_KEYS.contains(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upper(body: &str) -> Result<Option<String>, JsonError> {
+        rewrite_strings(body.as_bytes(), 8, &structural, &mut |s| {
+            s.contains('x').then(|| s.to_uppercase())
+        })
+        .map(|o| o.map(|b| String::from_utf8(b).unwrap()))
+    }
+
+    #[test]
+    fn rewrites_only_what_changes_and_keeps_every_other_byte() {
+        let body = r#"{ "model" : "x-model", "messages":[{"role":"user","content":"fix \u00e9 this"},
+            {"content":[{"type":"text","text":"no change"},{"type":"text","text":"xx"}]}],
+            "temperature": 0.70, "n":1e2, "meta":{"k":["x",true,null]} }"#;
+        let out = upper(body).unwrap().unwrap();
+        let expected = body
+            .replace(r#""fix \u00e9 this""#, r#""FIX É THIS""#)
+            .replace(r#""xx""#, r#""XX""#)
+            .replace(r#"["x",true"#, r#"["X",true"#);
+        assert_eq!(out, expected);
+        assert_eq!(upper(r#"{"a":"nothing here"}"#).unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_malformed_deep_and_duplicated_input() {
+        assert_eq!(
+            upper(r#"{"a":"b","a":"c"}"#),
+            Err(JsonError::DuplicateKey("a".into()))
+        );
+        assert_eq!(
+            upper(r#"{"m":[{"k":1,"k":2}]}"#),
+            Err(JsonError::DuplicateKey("k".into()))
+        );
+        let deep = format!("{}{}", "[".repeat(9), "]".repeat(9));
+        assert_eq!(upper(&deep), Err(JsonError::TooDeep(8)));
+        let very_deep = "[".repeat(100_000);
+        assert_eq!(upper(&very_deep), Err(JsonError::TooDeep(8)));
+        for bad in [
+            r#"{"a":}"#,
+            r#"{"a":"b""#,
+            r#"["\x"]"#,
+            "[1,]",
+            r#"{"a" "b"}"#,
+            "nul",
+            r#""\ud800""#,
+            "{} {}",
+        ] {
+            assert!(matches!(upper(bad), Err(JsonError::Syntax(_))), "{bad}");
+        }
+        assert!(matches!(
+            rewrite_strings(b"[\"\xff\"]", 8, &structural, &mut |_| None),
+            Err(JsonError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn structural_subtrees_are_left_alone() {
+        let body = r#"{"model":"x","role":"x","tools":[{"name":"x","type":"x"}],"messages":["x"]}"#;
+        assert_eq!(
+            upper(body).unwrap().unwrap(),
+            r#"{"model":"x","role":"x","tools":[{"name":"X","type":"x"}],"messages":["X"]}"#
+        );
+    }
+}
