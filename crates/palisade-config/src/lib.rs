@@ -42,6 +42,58 @@ pub struct Config {
     pub access: AccessConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// A tenant's policy. Tenants without an entry get the defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// `phi`, `pci`, `pii` (or custom): each implies defaults (see
+    /// docs/data-protection.md).
+    #[serde(default)]
+    pub data_classes: Vec<String>,
+    #[serde(default)]
+    pub dlp: DlpConfig,
+}
+
+/// Data protection for one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlpConfig {
+    /// The action for kinds without one of their own: `redact`, `mask`,
+    /// `tokenize`, `block` or `detect`. Unset: from the data classes.
+    pub default_action: Option<String>,
+    /// Per kind (`EMAIL`, `US_SSN`, a pattern's name) or class (`PII`,
+    /// `PHI`, `SECRET`, `CUSTOM`).
+    pub actions: std::collections::BTreeMap<String, String>,
+    /// Minimum confidence per entity (0 to 1; default 0.5).
+    pub thresholds: std::collections::BTreeMap<String, f32>,
+    /// Only these entities are looked for. Unset: all of them.
+    pub entities: Option<Vec<String>>,
+    pub patterns: Vec<PatternConfig>,
+    pub deny_lists: Vec<DenyListConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    pub name: String,
+    pub regex: String,
+    #[serde(default = "default_pattern_score")]
+    pub score: f32,
+}
+
+fn default_pattern_score() -> f32 {
+    0.9
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyListConfig {
+    pub name: String,
+    pub terms: Vec<String>,
 }
 
 /// Who may call, from where, and how keys age.
@@ -407,6 +459,7 @@ impl Config {
             access: AccessConfig::default(),
             providers: Vec::new(),
             models: Vec::new(),
+            tenants: Vec::new(),
         }
     }
 
@@ -520,6 +573,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
     let providers = section::<Vec<ProviderConfig>>(&mut table, "providers", problems);
     let models = section::<Vec<ModelConfig>>(&mut table, "models", problems);
     let ledger = section::<LedgerConfig>(&mut table, "ledger", problems);
+    let tenants = section::<Vec<TenantConfig>>(&mut table, "tenants", problems);
     let access = section::<AccessConfig>(&mut table, "access", problems);
     for key in table.keys() {
         problems.push(Problem {
@@ -534,6 +588,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
         access: access?,
         providers: providers?,
         models: models?,
+        tenants: tenants?,
     })
 }
 
@@ -596,6 +651,24 @@ fn join_path(section: &str, path: &str) -> String {
 /// The validated step.
 fn validate(config: &Config, problems: &mut Vec<Problem>) {
     let mut push = |path: String, message: String| problems.push(Problem { path, message });
+    let mut tenant_names = HashSet::new();
+    for (i, t) in config.tenants.iter().enumerate() {
+        let at = |field: &str| format!("tenants[{i}].{field}");
+        if !is_name(&t.name) {
+            push(at("name"), NAME_RULE.into());
+        }
+        if !tenant_names.insert(t.name.as_str()) {
+            push(at("name"), format!("duplicate tenant `{}`", t.name));
+        }
+        for (j, class) in t.data_classes.iter().enumerate() {
+            if !is_name(class) {
+                push(format!("tenants[{i}].data_classes[{j}]"), NAME_RULE.into());
+            }
+        }
+        for message in palisade_dlp::check_policy(&policy_input(&t.dlp)) {
+            push(at("dlp"), message);
+        }
+    }
     let server = &config.server;
     if server.max_body_bytes == 0 {
         push(
@@ -748,6 +821,33 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
                 "must be printable and not empty".into(),
             );
         }
+    }
+}
+
+/// The engine's view of a tenant's settings, for checking.
+pub fn policy_input(d: &DlpConfig) -> palisade_dlp::PolicyInput {
+    palisade_dlp::PolicyInput {
+        default_action: d.default_action.clone(),
+        actions: d.actions.clone(),
+        thresholds: d.thresholds.clone(),
+        entities: d.entities.clone(),
+        patterns: d
+            .patterns
+            .iter()
+            .map(|p| palisade_dlp::CustomPattern {
+                name: p.name.clone(),
+                regex: p.regex.clone(),
+                score: p.score,
+            })
+            .collect(),
+        deny_lists: d
+            .deny_lists
+            .iter()
+            .map(|l| palisade_dlp::DenyList {
+                name: l.name.clone(),
+                terms: l.terms.clone(),
+            })
+            .collect(),
     }
 }
 

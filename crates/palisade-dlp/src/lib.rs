@@ -20,6 +20,7 @@ mod detector;
 mod entity;
 pub mod json;
 mod normalize;
+mod policy;
 mod protect;
 mod scan;
 mod secrets;
@@ -29,4 +30,5 @@ pub use detector::{
 };
 pub use entity::{Class, Entity, Finding};
 pub use normalize::Normalized;
+pub use policy::{PolicyInput, Protection, check_policy, class_defaults, protection};
 pub use protect::{Action, Policy, Restorer, Session};

@@ -12,6 +12,7 @@
 //! | `x-mock-chunk-delay-ms: 20` | wait between stream events |
 //! | `x-mock-fail-after: 3` | send that many stream events, then cut the connection |
 //! | `x-mock-retry-after: 7` | with a status, add `Retry-After` |
+//! | `x-mock-echo: 1` | chat and messages: reply with the last message's text (streamed in 5-byte pieces) |
 //!
 //! The last request received is kept for tests to inspect ([`Seen`]).
 
@@ -199,6 +200,55 @@ struct Call {
     body: Value,
     plan: Plan,
     prompt_tokens: u64,
+    /// With `x-mock-echo`: the last message's text, to reply with.
+    echo: Option<String>,
+}
+
+impl Call {
+    fn text(&self, options: &MockOptions) -> String {
+        self.echo.clone().unwrap_or_else(|| reply_text(options))
+    }
+
+    /// The reply in stream pieces: the echo in 5-byte pieces (on character
+    /// boundaries), so that placeholders arrive split across events.
+    fn pieces(&self, options: &MockOptions) -> Vec<String> {
+        let Some(text) = &self.echo else {
+            return pieces(options);
+        };
+        let mut out = Vec::new();
+        let mut piece = String::new();
+        for c in text.chars() {
+            piece.push(c);
+            if piece.len() >= 5 {
+                out.push(std::mem::take(&mut piece));
+            }
+        }
+        if !piece.is_empty() {
+            out.push(piece);
+        }
+        out
+    }
+}
+
+/// The text of the last message: a string, or its text parts joined.
+fn last_message_text(body: &Value) -> String {
+    let Some(content) = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+    else {
+        return String::new();
+    };
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
 }
 
 async fn begin(
@@ -240,10 +290,14 @@ async fn begin(
         )
             .into_response()
     })?;
+    let echo = headers
+        .contains_key("x-mock-echo")
+        .then(|| last_message_text(&parsed));
     Ok(Call {
         body: parsed,
         plan,
         prompt_tokens: (body.len() as u64).div_ceil(4),
+        echo,
     })
 }
 
@@ -393,7 +447,7 @@ async fn chat(
     if !wants_stream(&call.body) {
         return axum::Json(json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": CREATED, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply_text(opts), "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": call.text(opts), "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
             "usage": usage,
         }))
         .into_response();
@@ -412,7 +466,7 @@ async fn chat(
         Value::Null,
     )];
     events.extend(
-        pieces(opts)
+        call.pieces(opts)
             .into_iter()
             .map(|p| chunk(json!({"content": p}), Value::Null)),
     );
@@ -585,7 +639,7 @@ async fn messages(
     if !wants_stream(&call.body) {
         return axum::Json(json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": reply_text(opts)}],
+            "content": [{"type": "text", "text": call.text(opts)}],
             "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": call.prompt_tokens, "output_tokens": output_tokens},
         }))
@@ -603,7 +657,7 @@ async fn messages(
         ),
         named("ping", &json!({"type": "ping"})),
     ];
-    for p in pieces(opts) {
+    for p in call.pieces(opts) {
         events.push(named("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
     }
     events.push(named(

@@ -57,6 +57,8 @@ pub enum BuildError {
     Registry(#[from] RegistryError),
     #[error("the audit ledger cannot record the start-up entries: {0}")]
     Audit(#[from] palisade_ledger::JournalError),
+    #[error("data protection: {0}")]
+    Dlp(String),
     #[error("inbound TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -147,9 +149,19 @@ impl Application {
         let access_log = AccessLog::new(deps.access_log, config.log.format);
         let audit = Audit::new(deps.journal, deps.config_hash);
         audit.record_start(&config, &deps.recovery).await?;
+        let protections =
+            crate::protection::Protections::build(&config).map_err(BuildError::Dlp)?;
         let store = Arc::clone(&deps.store);
         let auth = Authenticator::new(deps.store, &config.access);
-        let state = AppState::new(config, registry, auth, access_log, metrics, audit);
+        let state = AppState::new(
+            config,
+            registry,
+            auth,
+            access_log,
+            metrics,
+            audit,
+            protections,
+        );
         let indexer = (store, INDEX_EVERY);
         Ok(Self {
             proxy,
@@ -440,11 +452,16 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
             .get::<ClientAddr>()
             .map(|c| c.0)
             .or(peer.map(|p| p.ip()));
+        let detections = resp
+            .extensions()
+            .get::<crate::proxy::Detections>()
+            .map(|d| &d.0);
         state.audit().denied(&Denied {
             request_id: request_id
                 .as_ref()
                 .map(RequestId::as_str)
                 .unwrap_or_default(),
+            detections,
             reason,
             status: status.as_u16(),
             method: method.as_str(),

@@ -143,6 +143,8 @@ pub struct Received<'a> {
     pub provider: &'a str,
     pub upstream_model: &'a str,
     pub stream: bool,
+    /// Data protection's counts by kind and action.
+    pub detections: Option<&'a Value>,
 }
 
 /// A `request.completed` entry's fields.
@@ -164,6 +166,8 @@ pub struct Completed<'a> {
 /// A `request.denied` entry's fields.
 pub struct Denied<'a> {
     pub request_id: &'a str,
+    /// What data protection found, when it refused the request.
+    pub detections: Option<&'a Value>,
     pub reason: &'a str,
     pub status: u16,
     pub method: &'a str,
@@ -253,9 +257,7 @@ impl Audit {
     }
 
     pub async fn received(&self, r: &Received<'_>) -> Result<u64, JournalError> {
-        self.record(
-            "request.received",
-            json!({
+        let mut fields = json!({
                 "request_id": r.request_id,
                 "tenant": r.tenant,
                 "app": r.app,
@@ -269,9 +271,11 @@ impl Audit {
                 "upstream_model": bounded(r.upstream_model, 256),
                 "stream": r.stream,
                 "config_hash": self.config_hash,
-            }),
-        )
-        .await
+        });
+        if let Some(found) = r.detections {
+            fields["detections"] = found.clone();
+        }
+        self.record("request.received", fields).await
     }
 
     pub fn completed(&self, c: &Completed<'_>) {
@@ -309,9 +313,7 @@ impl Audit {
     }
 
     pub fn denied(&self, d: &Denied<'_>) {
-        self.submit(
-            "request.denied",
-            json!({
+        let mut fields = json!({
                 "request_id": d.request_id,
                 "reason": d.reason,
                 "status": d.status,
@@ -319,8 +321,11 @@ impl Audit {
                 "path": bounded(d.path, 200),
                 "key_id": d.key_id,
                 "source": d.source.map(|s| s.to_string()),
-            }),
-        );
+        });
+        if let Some(found) = d.detections {
+            fields["detections"] = found.clone();
+        }
+        self.submit("request.denied", fields);
     }
 }
 

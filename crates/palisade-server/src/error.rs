@@ -29,6 +29,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// Too many failed authentications from the caller's address.
     AuthThrottled,
+    /// Data protection found values the tenant's policy does not let leave.
+    ContentBlocked,
     ModelNotFound,
     NotFound,
     MethodNotAllowed,
@@ -55,6 +57,7 @@ impl ErrorKind {
             Self::InvalidKey => "invalid_key",
             Self::PermissionDenied => "permission_denied",
             Self::AuthThrottled => "auth_throttled",
+            Self::ContentBlocked => "content_blocked",
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -75,6 +78,7 @@ impl ErrorKind {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::ContentBlocked => StatusCode::BAD_REQUEST,
             Self::AuthThrottled => StatusCode::TOO_MANY_REQUESTS,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -97,7 +101,8 @@ impl ErrorKind {
             | Self::ModelNotFound
             | Self::NotFound
             | Self::MethodNotAllowed
-            | Self::UpstreamRejected => "invalid_request_error",
+            | Self::UpstreamRejected
+            | Self::ContentBlocked => "invalid_request_error",
             Self::PermissionDenied => "permission_error",
             Self::UpstreamRateLimited | Self::AuthThrottled => "rate_limit_error",
             Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamFailed => {
@@ -110,9 +115,10 @@ impl ErrorKind {
     /// Anthropic's `error.type`.
     fn anthropic_type(self) -> &'static str {
         match self {
-            Self::InvalidRequest | Self::MethodNotAllowed | Self::UpstreamRejected => {
-                "invalid_request_error"
-            }
+            Self::InvalidRequest
+            | Self::MethodNotAllowed
+            | Self::UpstreamRejected
+            | Self::ContentBlocked => "invalid_request_error",
             Self::BodyTooLarge => "request_too_large",
             Self::MissingKey | Self::InvalidKey => "authentication_error",
             Self::PermissionDenied => "permission_error",
@@ -135,6 +141,7 @@ impl ErrorKind {
             Self::InvalidKey => Some("invalid_api_key"),
             Self::PermissionDenied => Some("permission_denied"),
             Self::AuthThrottled => Some("auth_throttled"),
+            Self::ContentBlocked => Some("content_blocked"),
             Self::ModelNotFound => Some("model_not_found"),
             Self::BodyTooLarge => Some("request_too_large"),
             Self::UpstreamUnreachable => Some("upstream_unreachable"),

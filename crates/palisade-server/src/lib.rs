@@ -13,6 +13,7 @@ mod health;
 mod ledger_http;
 pub mod manage;
 pub mod metrics;
+pub mod protection;
 pub mod proxy;
 pub mod registry;
 pub mod relay;

@@ -25,6 +25,7 @@ use crate::relay::{self, Completion, Exchange, ReadLimits, SseRelay};
 use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::state::AppState;
 use crate::upstream::{self, TimeoutPhase, UpstreamError, UpstreamErrorKind};
+use palisade_dlp::{Restorer, Session};
 
 /// Marks a response whose end (metrics, log line) is recorded by its
 /// [`Completion`], not by the access-log layer: every answer after routing,
@@ -155,10 +156,49 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| ApiError::new(ErrorKind::Internal, dialect, "request not authenticated"))?;
-    let body = read_body(body, &parts.headers, state.max_body_bytes(), dialect).await?;
+    let mut body = read_body(body, &parts.headers, state.max_body_bytes(), dialect).await?;
+    let bytes_in = body.len() as u64;
 
-    let mut envelope = Envelope::parse(&body, endpoint)
-        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, dialect, e.to_string()))?;
+    fn parse(body: &[u8], endpoint: Endpoint) -> Result<Envelope<'_>, ApiError> {
+        Envelope::parse(body, endpoint).map_err(|e| {
+            ApiError::new(ErrorKind::InvalidRequest, endpoint.dialect(), e.to_string())
+        })
+    }
+    // The key's scope first: nothing is scanned for a request refused anyway.
+    authorize(&principal, &mut parse(&body, endpoint)?, endpoint)?;
+
+    // Data protection, on every string the provider would see.
+    let protection = Arc::clone(state.protections().for_tenant(principal.tenant()));
+    let mut session = Session::new();
+    match session.protect_json(&protection.detector, &protection.policy, &body) {
+        Ok(Some(protected)) => body = Bytes::from(protected),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                dialect,
+                e.to_string(),
+            ));
+        }
+    }
+    let detections = crate::protection::detections(&session);
+    if let Some(kinds) = session.blocked() {
+        let mut err = ApiError::new(
+            ErrorKind::ContentBlocked,
+            dialect,
+            format!(
+                "the request was not sent: it contains data this tenant's policy does not allow to leave ({})",
+                kinds.join(", ")
+            ),
+        )
+        .with_reason("dlp_blocked")
+        .into_response();
+        if let Some(d) = detections {
+            err.extensions_mut().insert(Detections(d));
+        }
+        return Ok(err);
+    }
+    let mut envelope = parse(&body, endpoint)?;
     authorize(&principal, &mut envelope, endpoint)?;
     let model = state
         .registry()
@@ -193,7 +233,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     // Ask for usage on every stream that would not report it otherwise.
     let force_usage = envelope.stream() && endpoint.usage_is_opt_in() && !envelope.include_usage();
     let stream_requested = envelope.stream();
-    let body_len = body.len() as u64;
+    let body_len = bytes_in;
     let upstream_body = Bytes::from(envelope.rewrite(model.upstream_model(), force_usage));
     drop(envelope);
 
@@ -242,6 +282,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             provider: &provider_name,
             upstream_model: model.upstream_model(),
             stream: stream_requested,
+            detections: detections.as_ref(),
         })
         .await
         .map_err(|e| {
@@ -357,6 +398,13 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             Ok(bytes) => bytes,
             Err(err) => return fail(completion, err),
         };
+        // Tokenized values go back to the client as they were.
+        let bytes = if session.has_tokens() {
+            restore_json(&bytes, &session.restorer()).unwrap_or(bytes)
+        } else {
+            bytes
+        };
+        drop(session);
         completion.responding(head.status.as_u16(), false);
         completion.add_bytes_out(bytes.len());
         completion.finish(usage::from_body(&bytes));
@@ -369,6 +417,25 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .headers_mut()
         .insert(X_AUDIT_SEQ.clone(), seq_header);
     Ok(response)
+}
+
+/// What data protection found in a refused request, for its
+/// `request.denied` entry.
+#[derive(Debug, Clone)]
+pub struct Detections(pub serde_json::Value);
+
+/// A JSON response with every string's placeholders restored; `None` when
+/// nothing changed or the body is not JSON (then it goes back as it came).
+fn restore_json(body: &[u8], restorer: &Restorer) -> Option<Bytes> {
+    palisade_dlp::json::rewrite_strings(body, palisade_dlp::json::MAX_DEPTH, &|_| false, &mut |s| {
+        match restorer.restore(s) {
+            std::borrow::Cow::Owned(restored) => Some(restored),
+            std::borrow::Cow::Borrowed(_) => None,
+        }
+    })
+    .ok()
+    .flatten()
+    .map(Bytes::from)
 }
 
 /// The sequence number of a forwarded request's `request.received` entry.

@@ -10,6 +10,7 @@ use crate::access_log::AccessLog;
 use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
+use crate::protection::Protections;
 use crate::registry::Registry;
 
 #[derive(Clone)]
@@ -24,6 +25,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     access_log: AccessLog,
     audit: Audit,
+    protections: Protections,
     draining: AtomicBool,
 }
 
@@ -35,6 +37,7 @@ impl AppState {
         access_log: AccessLog,
         metrics: Arc<Metrics>,
         audit: Audit,
+        protections: Protections,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -44,6 +47,7 @@ impl AppState {
                 metrics,
                 access_log,
                 audit,
+                protections,
                 draining: AtomicBool::new(false),
             }),
         }
@@ -67,6 +71,11 @@ impl AppState {
 
     pub fn audit(&self) -> &Audit {
         &self.inner.audit
+    }
+
+    /// Each tenant's data protection.
+    pub fn protections(&self) -> &Protections {
+        &self.inner.protections
     }
 
     pub fn access_log(&self) -> &AccessLog {

@@ -6,6 +6,7 @@
 mod access;
 mod binary;
 mod crash;
+mod dlp;
 mod errors;
 mod helpers;
 mod inbound_tls;
