@@ -53,6 +53,27 @@ pub fn rewrite_strings(
     skip_key: &dyn Fn(&str) -> bool,
     f: &mut dyn FnMut(&str) -> Option<String>,
 ) -> Result<Option<Vec<u8>>, JsonError> {
+    run(body, max_depth, skip_key, None, &mut |_, s| f(s))
+}
+
+/// Like [`rewrite_strings`], and `f` also gets each string's path:
+/// member names and array indices joined with `.`
+/// (`choices.0.delta.content`).
+pub fn rewrite_strings_at(
+    body: &[u8],
+    max_depth: usize,
+    f: &mut dyn FnMut(&str, &str) -> Option<String>,
+) -> Result<Option<Vec<u8>>, JsonError> {
+    run(body, max_depth, &|_| false, Some(String::new()), f)
+}
+
+fn run(
+    body: &[u8],
+    max_depth: usize,
+    skip_key: &dyn Fn(&str) -> bool,
+    path: Option<String>,
+    f: &mut dyn FnMut(&str, &str) -> Option<String>,
+) -> Result<Option<Vec<u8>>, JsonError> {
     let mut p = Parser {
         s: body,
         i: 0,
@@ -60,6 +81,7 @@ pub fn rewrite_strings(
         copied: 0,
         max_depth,
         skip_key,
+        path,
         f,
     };
     p.value(0, false)?;
@@ -81,13 +103,38 @@ struct Parser<'a, 'f> {
     copied: usize,
     max_depth: usize,
     skip_key: &'f dyn Fn(&str) -> bool,
-    f: &'f mut dyn FnMut(&str) -> Option<String>,
+    /// The current path, when the caller asked for paths.
+    path: Option<String>,
+    f: &'f mut dyn FnMut(&str, &str) -> Option<String>,
 }
 
 impl Parser<'_, '_> {
     fn ws(&mut self) {
         while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
             self.i += 1;
+        }
+    }
+
+    /// Enters a member or element (when paths are tracked); returns the
+    /// length to go back to.
+    fn enter(&mut self, segment: &dyn std::fmt::Display) -> usize {
+        match &mut self.path {
+            Some(p) => {
+                let len = p.len();
+                if !p.is_empty() {
+                    p.push('.');
+                }
+                use std::fmt::Write;
+                let _ = write!(p, "{segment}");
+                len
+            }
+            None => 0,
+        }
+    }
+
+    fn leave(&mut self, len: usize) {
+        if let Some(p) = &mut self.path {
+            p.truncate(len);
         }
     }
 
@@ -153,6 +200,7 @@ impl Parser<'_, '_> {
             }
             self.i += 1;
             let skip_value = skip || (self.skip_key)(&key);
+            let back = self.enter(&key);
             if !keys.insert(key) {
                 let key = serde_json::from_slice::<String>(&self.s[start..end]).unwrap_or_default();
                 return Err(JsonError::DuplicateKey(
@@ -160,6 +208,7 @@ impl Parser<'_, '_> {
                 ));
             }
             self.value(depth, skip_value)?;
+            self.leave(back);
             self.ws();
             match self.s.get(self.i) {
                 Some(b',') => self.i += 1,
@@ -182,8 +231,12 @@ impl Parser<'_, '_> {
             self.i += 1;
             return Ok(());
         }
+        let mut index = 0usize;
         loop {
+            let back = self.enter(&index);
             self.value(depth, skip)?;
+            self.leave(back);
+            index += 1;
             self.ws();
             match self.s.get(self.i) {
                 Some(b',') => self.i += 1,
@@ -231,7 +284,8 @@ impl Parser<'_, '_> {
         if skip {
             return Ok(());
         }
-        if let Some(new) = (self.f)(&decoded) {
+        let path = self.path.as_deref().unwrap_or("");
+        if let Some(new) = (self.f)(path, &decoded) {
             self.out.extend_from_slice(&self.s[self.copied..start]);
             let encoded = serde_json::to_vec(&new).map_err(|_| JsonError::Syntax(start))?;
             self.out.extend_from_slice(&encoded);
@@ -301,6 +355,31 @@ mod tests {
             rewrite_strings(b"[\"\xff\"]", 8, &structural, &mut |_| None),
             Err(JsonError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn paths_name_each_string() {
+        let mut seen = Vec::new();
+        let body = br#"{"choices":[{"index":0,"delta":{"content":"a"}},{"delta":{"tool_calls":[{"function":{"arguments":"b"}}]}}],"x":"c"}"#;
+        let out = rewrite_strings_at(body, 8, &mut |path, s| {
+            seen.push(format!("{path}={s}"));
+            (s == "b").then(|| "B".to_owned())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "choices.0.delta.content=a",
+                "choices.1.delta.tool_calls.0.function.arguments=b",
+                "x=c"
+            ]
+        );
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains(r#""arguments":"B""#)
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod registry;
 pub mod relay;
 pub mod request_id;
+pub mod restore;
 mod routes;
 pub mod state;
 pub mod tls;

@@ -381,7 +381,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     }
     let response = if streaming {
         completion.responding(head.status.as_u16(), true);
-        let relay = SseRelay::new(
+        let mut relay = SseRelay::new(
             upstream_body,
             endpoint,
             force_usage,
@@ -389,6 +389,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             provider_name,
             completion,
         );
+        if session.has_tokens() {
+            relay = relay.restoring(session.restorer());
+        }
+        drop(session);
         builder
             .header(header::CACHE_CONTROL, "no-cache")
             .header("x-accel-buffering", "no")

@@ -31,8 +31,10 @@ use crate::access_log::{AccessRecord, ExchangeFields};
 use crate::audit::Completed;
 use crate::error::ApiError;
 use crate::metrics::{EndpointLabels, TokenLabels, UpstreamErrorLabels};
+use crate::restore::EventRestorer;
 use crate::state::AppState;
 use crate::upstream::{TimeoutPhase, UpstreamError, UpstreamErrorKind};
+use palisade_dlp::Restorer;
 
 /// Upper bound on a whole (non-streamed) upstream response.
 pub const MAX_WHOLE_RESPONSE: usize = 64 * 1024 * 1024;
@@ -280,6 +282,8 @@ pub struct SseRelay {
     provider: Arc<str>,
     completion: Completion,
     finished: bool,
+    /// Puts tokenized values back, when the request had any.
+    restorer: Option<EventRestorer>,
 }
 
 impl SseRelay {
@@ -301,7 +305,14 @@ impl SseRelay {
             provider,
             completion,
             finished: false,
+            restorer: None,
         }
+    }
+
+    /// Restores tokenized values in the events (see [`EventRestorer`]).
+    pub fn restoring(mut self, restorer: Restorer) -> Self {
+        self.restorer = Some(EventRestorer::new(restorer));
+        self
     }
 
     /// The next bytes for the client, or `None` at the end.
@@ -336,16 +347,24 @@ impl SseRelay {
 
     fn forward(&mut self, raw: Vec<u8>, out: &mut Vec<u8>) {
         let role = self.usage.observe(&Event::parse(&raw));
-        if !self.hide_usage {
-            out.extend_from_slice(&raw);
-            return;
+        let event = if !self.hide_usage {
+            raw
+        } else {
+            match role {
+                EventRole::UsageOnly => return,
+                _ => usage::strip_null_usage(&raw).unwrap_or(raw),
+            }
+        };
+        match &mut self.restorer {
+            Some(r) => r.event(&event, out),
+            None => out.extend_from_slice(&event),
         }
-        match role {
-            EventRole::UsageOnly => {}
-            _ => match usage::strip_null_usage(&raw) {
-                Some(stripped) => out.extend_from_slice(&stripped),
-                None => out.extend_from_slice(&raw),
-            },
+    }
+
+    /// Whatever the restorer still holds, before the stream ends.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some(r) = &mut self.restorer {
+            r.flush(out);
         }
     }
 
@@ -356,6 +375,7 @@ impl SseRelay {
         if let Some(rest) = self.splitter.finish() {
             self.forward(rest, &mut out);
         }
+        self.flush(&mut out);
         self.completion.add_bytes_out(out.len());
         self.completion.finish(self.usage.usage());
         (!out.is_empty()).then(|| Bytes::from(out))
@@ -365,9 +385,14 @@ impl SseRelay {
     fn fail(&mut self, kind: UpstreamErrorKind) -> Bytes {
         self.finished = true;
         let err = UpstreamError::new(Arc::clone(&self.provider), kind);
-        let event = ApiError::from_upstream(&err, self.dialect)
-            .body()
-            .to_sse(self.dialect);
+        let mut event = Vec::new();
+        self.flush(&mut event);
+        event.extend_from_slice(
+            ApiError::from_upstream(&err, self.dialect)
+                .body()
+                .to_sse(self.dialect)
+                .as_ref(),
+        );
         self.completion.add_bytes_out(event.len());
         self.completion
             .upstream_failed(&err, 200, self.usage.usage());

@@ -201,3 +201,62 @@ async fn hostile_bodies_are_refused_clearly() {
     let sent: Value = serde_json::from_slice(&app.mock.last_request().unwrap().body).unwrap();
     assert_eq!(sent["messages"], big["messages"]);
 }
+
+#[tokio::test]
+async fn tokenized_values_are_restored_inside_streams() {
+    let app = spawn_with(MockOptions::default(), |c| {
+        c.tenants = vec![tenant(&[], &["pii"])];
+    })
+    .await;
+    let original =
+        format!("Write to {EMAIL} or call +44 20 7946 0958, then {EMAIL} again [EMAIL_1].");
+    // OpenAI: the mock echoes the message in 5-byte pieces, so every
+    // placeholder arrives split across events.
+    let body = json!({"model": "gpt-test", "stream": true,
+        "messages": [{"role": "user", "content": original}]});
+    let resp = app
+        .open(
+            http::Method::POST,
+            &app.url("/v1/chat/completions"),
+            &[
+                ("authorization", &format!("Bearer {}", app.key)),
+                ("x-mock-echo", "1"),
+            ],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let events = read_events(resp.into_body()).await;
+    let sent = sent_to_provider(&app);
+    assert!(!sent.contains(EMAIL) && !sent.contains("7946"), "{sent}");
+    let text: String = data_json(&events)
+        .iter()
+        .filter_map(|e| {
+            e["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, original);
+    assert_eq!(events.last().unwrap(), "data: [DONE]");
+
+    // Anthropic.
+    let body = json!({"model": "claude-test", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": original}]});
+    let resp = app
+        .open(
+            http::Method::POST,
+            &app.url("/v1/messages"),
+            &[("x-api-key", &app.key), ("x-mock-echo", "1")],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let events = read_events(resp.into_body()).await;
+    let text: String = data_json(&events)
+        .iter()
+        .filter(|e| e["type"] == "content_block_delta")
+        .filter_map(|e| e["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, original);
+}
