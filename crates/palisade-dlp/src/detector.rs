@@ -98,6 +98,14 @@ const CONTEXT: &[(&str, Role)] = &[
     ("isbn", Role::Boost(Entity::Phone, -0.5)),
     ("tracking", Role::Boost(Entity::Phone, -0.3)),
     ("serial", Role::Boost(Entity::Phone, -0.3)),
+    ("name", Role::Boost(Entity::Person, 0.35)),
+    ("named", Role::Boost(Entity::Person, 0.35)),
+    ("dear", Role::Boost(Entity::Person, 0.35)),
+    ("patient", Role::Boost(Entity::Person, 0.3)),
+    ("signed", Role::Boost(Entity::Person, 0.3)),
+    ("regards", Role::Boost(Entity::Person, 0.3)),
+    ("sincerely", Role::Boost(Entity::Person, 0.3)),
+    ("attn", Role::Boost(Entity::Person, 0.35)),
     ("mrn", Role::Anchor(Entity::MedicalRecordNumber)),
     ("medical record", Role::Anchor(Entity::MedicalRecordNumber)),
     (
@@ -126,6 +134,7 @@ pub struct Detector {
     entities: BTreeSet<Entity>,
     thresholds: HashMap<Entity, f32>,
     secrets: Secrets,
+    names: &'static crate::names::Names,
     context: AhoCorasick,
     /// The role of each of `context`'s words.
     roles: Vec<Role>,
@@ -146,7 +155,7 @@ impl Detector {
             Entity::ALL
                 .iter()
                 .copied()
-                .filter(|e| !matches!(e, Entity::Custom | Entity::Person | Entity::StreetAddress))
+                .filter(|e| *e != Entity::Custom)
                 .collect()
         });
         let mut patterns = Vec::new();
@@ -204,6 +213,7 @@ impl Detector {
             entities,
             thresholds: config.thresholds.clone(),
             secrets: Secrets::new().map_err(automaton)?,
+            names: crate::names::Names::shared().map_err(DlpError::Automaton)?,
             context,
             roles,
             patterns,
@@ -244,6 +254,10 @@ impl Detector {
             }
         }
         self.secrets.scan(t, &keywords, &mut raw);
+        if self.entities.contains(&Entity::Person) || self.entities.contains(&Entity::StreetAddress)
+        {
+            self.names.scan(t, &mut raw);
+        }
         for &(_, end, role) in &context {
             if let Role::Anchor(entity) = role
                 && let Some(f) = anchored(s, end, entity)

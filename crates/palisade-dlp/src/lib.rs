@@ -19,6 +19,7 @@
 mod detector;
 mod entity;
 pub mod json;
+mod names;
 mod normalize;
 mod policy;
 mod protect;
