@@ -63,6 +63,8 @@ enum Role {
     /// Starts a value that only context identifies (a medical record
     /// number after `MRN:`).
     Anchor(Entity),
+    /// A greeting: a full name (two or more capitalised words) may follow.
+    Greeting,
 }
 
 const CONTEXT: &[(&str, Role)] = &[
@@ -93,19 +95,27 @@ const CONTEXT: &[(&str, Role)] = &[
     ("national provider", Role::Boost(Entity::UsNpi, 0.6)),
     ("version", Role::Boost(Entity::IpAddress, -0.5)),
     ("release", Role::Boost(Entity::IpAddress, -0.4)),
-    ("order", Role::Boost(Entity::Phone, -0.3)),
-    ("invoice", Role::Boost(Entity::Phone, -0.3)),
+    ("build", Role::Boost(Entity::IpAddress, -0.5)),
+    ("ver", Role::Boost(Entity::IpAddress, -0.5)),
+    ("order", Role::Boost(Entity::Phone, -0.5)),
+    ("invoice", Role::Boost(Entity::Phone, -0.5)),
     ("isbn", Role::Boost(Entity::Phone, -0.5)),
     ("tracking", Role::Boost(Entity::Phone, -0.3)),
     ("serial", Role::Boost(Entity::Phone, -0.3)),
-    ("name", Role::Boost(Entity::Person, 0.35)),
-    ("named", Role::Boost(Entity::Person, 0.35)),
-    ("dear", Role::Boost(Entity::Person, 0.35)),
-    ("patient", Role::Boost(Entity::Person, 0.3)),
-    ("signed", Role::Boost(Entity::Person, 0.3)),
-    ("regards", Role::Boost(Entity::Person, 0.3)),
-    ("sincerely", Role::Boost(Entity::Person, 0.3)),
-    ("attn", Role::Boost(Entity::Person, 0.35)),
+    ("name is", Role::Anchor(Entity::Person)),
+    ("named", Role::Anchor(Entity::Person)),
+    ("dear", Role::Anchor(Entity::Person)),
+    ("patient", Role::Anchor(Entity::Person)),
+    ("signed", Role::Anchor(Entity::Person)),
+    ("regards", Role::Anchor(Entity::Person)),
+    ("sincerely", Role::Anchor(Entity::Person)),
+    ("attn", Role::Anchor(Entity::Person)),
+    ("patient name", Role::Anchor(Entity::Person)),
+    ("hello", Role::Greeting),
+    ("hi ", Role::Greeting),
+    ("hi,", Role::Greeting),
+    ("hey", Role::Greeting),
+    ("thanks", Role::Greeting),
     ("mrn", Role::Anchor(Entity::MedicalRecordNumber)),
     ("medical record", Role::Anchor(Entity::MedicalRecordNumber)),
     (
@@ -129,6 +139,8 @@ const CONTEXT: &[(&str, Role)] = &[
 /// How far before and after a finding its context words are looked for.
 const BEFORE: usize = 48;
 const AFTER: usize = 24;
+/// How close before a value a word against it must be.
+const NEAR_BEFORE: usize = 20;
 
 pub struct Detector {
     entities: BTreeSet<Entity>,
@@ -247,8 +259,12 @@ impl Detector {
                 keywords.push((m.start(), m.end()));
                 continue;
             }
+            // Whole words: no letter just outside a word's letters (a
+            // pattern ending in `,` or a space is complete as it is).
             let word_start = m.start() == 0 || !s[m.start() - 1].is_ascii_alphabetic();
-            let word_end = m.end() >= s.len() || !s[m.end()].is_ascii_alphabetic();
+            let word_end = m.end() >= s.len()
+                || !s[m.end() - 1].is_ascii_alphabetic()
+                || !s[m.end()].is_ascii_alphabetic();
             if word_start && word_end {
                 context.push((m.start(), m.end(), role));
             }
@@ -259,31 +275,41 @@ impl Detector {
             self.names.scan(t, &mut raw);
         }
         for &(_, end, role) in &context {
-            if let Role::Anchor(entity) = role
-                && let Some(f) = anchored(s, end, entity)
-            {
-                raw.push(f);
-            }
+            let found = match role {
+                Role::Anchor(entity) => anchored(s, end, entity),
+                Role::Greeting => person_after(s, end, 2),
+                _ => None,
+            };
+            raw.extend(found);
         }
         if !context.is_empty() {
             for f in &mut raw {
                 let lo = f.start.saturating_sub(BEFORE);
                 let hi = f.end + AFTER;
-                let mut boost: f32 = 0.0;
+                // The strongest word for, plus the strongest against; a
+                // word against counts only just before the value
+                // (`version 10.0.0.1`).
+                let (mut up, mut down): (f32, f32) = (0.0, 0.0);
                 for &(cs, ce, role) in &context {
                     if let Role::Boost(entity, delta) = role
                         && entity == f.entity
-                        && ce >= lo
-                        && cs <= hi
                     {
-                        boost = if delta < 0.0 {
-                            boost.min(delta)
-                        } else {
-                            boost.max(delta)
-                        };
+                        if delta > 0.0 && ce >= lo && cs <= hi {
+                            up = up.max(delta);
+                        } else if delta < 0.0
+                            && ce <= f.start
+                            && ce + NEAR_BEFORE >= f.start
+                            && s[ce..f.start]
+                                .iter()
+                                .all(|b| matches!(b, b' ' | b':' | b'=' | b'#' | b'-' | b'v'))
+                        {
+                            // Only right before it: `version 10.0.0.1`,
+                            // `Order #037-8672867`.
+                            down = down.min(delta);
+                        }
                     }
                 }
-                f.score = (f.score + boost).clamp(0.0, 1.0);
+                f.score = (f.score + up + down).clamp(0.0, 1.0);
             }
         }
 
@@ -346,6 +372,9 @@ fn resolve_overlaps(mut raw: Vec<Finding>) -> Vec<Finding> {
 /// The value after a context word: `MRN: 00482913`, `passport no.
 /// 912803456`, `driver's license D1234-5678`.
 fn anchored(s: &[u8], mut i: usize, entity: Entity) -> Option<Finding> {
+    if entity == Entity::Person {
+        return person_after(s, i, 1);
+    }
     let limit = (i + 24).min(s.len());
     // Words and punctuation between the anchor and the value.
     loop {
@@ -389,7 +418,52 @@ fn anchored(s: &[u8], mut i: usize, entity: Entity) -> Option<Finding> {
         Entity::UsDriverLicense => (5..=15).contains(&value.len()) && digits >= 4,
         _ => false,
     };
-    ok.then(|| Finding::new(entity, start, i, 0.85))
+    // Named by its context: more certain than a shape alone.
+    ok.then(|| Finding::new(entity, start, i, 0.9))
+}
+
+/// `Dear Saoirse Szymanski`, `patient: Thaddeus Vanterpool`: one to three
+/// capitalised words (at least `min_words`) after a word that introduces a
+/// person.
+fn person_after(s: &[u8], mut i: usize, min_words: usize) -> Option<Finding> {
+    while i < s.len() && matches!(s[i], b' ' | b':' | b',' | b'\n' | b'\t') && i < s.len() {
+        i += 1;
+    }
+    let start = i;
+    let mut end = i;
+    let mut words = 0;
+    while words < 3 && s.get(i).is_some_and(u8::is_ascii_uppercase) {
+        let w = i;
+        i += 1;
+        while i < s.len() && (s[i].is_ascii_alphabetic() || s[i] == b'\'' || s[i] == b'-') {
+            i += 1;
+        }
+        // `J.` initials count; acronyms and labels (`MRN`, `DOB`) do not.
+        let word = &s[w..i];
+        let label = (word.len() <= 3 && word.iter().all(u8::is_ascii_uppercase))
+            || [
+                &b"Name"[..],
+                b"Number",
+                b"The",
+                b"Is",
+                b"Was",
+                b"Record",
+                b"Patient",
+            ]
+            .contains(&word);
+        if i - w == 1 && s.get(i) == Some(&b'.') {
+            i += 1;
+        } else if i - w < 2 || label {
+            break;
+        }
+        end = i;
+        words += 1;
+        if s.get(i) != Some(&b' ') {
+            break;
+        }
+        i += 1;
+    }
+    (words >= min_words.max(1)).then(|| Finding::new(Entity::Person, start, end, 0.8))
 }
 
 #[cfg(test)]
@@ -457,6 +531,12 @@ mod tests {
             pairs(&[("US_DRIVER_LICENSE", "D123-4567-8901")])
         );
         assert_eq!(detect(&d, "passport photos are due"), []);
+        assert_eq!(
+            detect(&d, "Hi Saoirse Szymanski, thanks"),
+            pairs(&[("PERSON", "Saoirse Szymanski")])
+        );
+        assert_eq!(detect(&d, "Hello, ISBN 978-0 and hi, Order #5"), []);
+        assert_eq!(detect(&d, "this is his"), []);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 mod detector;
 mod entity;
+pub mod eval;
 pub mod json;
 mod names;
 mod normalize;

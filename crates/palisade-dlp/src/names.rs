@@ -146,6 +146,8 @@ pub struct Names {
     words: AhoCorasick,
     kinds: Vec<Kind>,
     not_surnames: HashSet<&'static str>,
+    /// Words that are street suffixes as well as names (`Lane`, `Way`).
+    suffixes: HashSet<&'static str>,
 }
 
 fn list(text: &'static str) -> impl Iterator<Item = &'static str> {
@@ -209,6 +211,7 @@ impl Names {
             words: ac,
             kinds,
             not_surnames: NOT_SURNAMES.iter().copied().collect(),
+            suffixes: STREET_SUFFIXES.iter().copied().collect(),
         })
     }
 
@@ -236,9 +239,13 @@ impl Names {
                 continue;
             }
             let kind = self.kinds[m.pattern().as_usize()];
-            // `Dr` is a title before a name and a street after a number.
+            // `Dr` is a title before a name and a street after a number;
+            // `Lane` a surname and a street.
             let is_dr = &text[a..b] == "Dr";
+            let street =
+                (kind == Kind::Last || kind == Kind::Either) && self.suffixes.contains(&text[a..b]);
             let found = match kind {
+                _ if street && let Some(f) = address(s, a, b) => Some(f),
                 Kind::Suffix => address(s, a, b),
                 Kind::Title if is_dr => address(s, a, b).or_else(|| self.titled(text, b)),
                 Kind::Title => self.titled(text, b),

@@ -494,8 +494,10 @@ fn jwt_at(s: &[u8], start: usize) -> Option<Finding> {
         }
         i += 1;
     }
-    (parts == 3 && !(i < s.len() && (b64url(s[i]) || s[i] == b'.')))
-        .then(|| Finding::new(Entity::Jwt, start, i, 0.95))
+    // A full stop after it ends the sentence, unless more follows.
+    let more =
+        i < s.len() && (b64url(s[i]) || (s[i] == b'.' && s.get(i + 1).is_some_and(|&b| b64url(b))));
+    (parts == 3 && !more).then(|| Finding::new(Entity::Jwt, start, i, 0.95))
 }
 
 /// A PEM private key block, through its END line (or to where the text
