@@ -151,19 +151,49 @@ impl Parser<'_, '_> {
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
-            Some(b'-' | b'0'..=b'9') => {
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
-                    self.i += 1;
-                }
-                Ok(())
-            }
+            Some(b'-' | b'0'..=b'9') => self.number(),
             _ => self.err(),
         }
+    }
+
+    /// `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Result<(), JsonError> {
+        let s = self.s;
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while *i < s.len() && s[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            *i > from
+        };
+        let mut i = self.i;
+        if s.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match s.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                digits(&mut i);
+            }
+            _ => return Err(JsonError::Syntax(i)),
+        }
+        if s.get(i) == Some(&b'.') {
+            i += 1;
+            if !digits(&mut i) {
+                return Err(JsonError::Syntax(i));
+            }
+        }
+        if matches!(s.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(s.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return Err(JsonError::Syntax(i));
+            }
+        }
+        self.i = i;
+        Ok(())
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<(), JsonError> {
@@ -348,6 +378,14 @@ mod tests {
             "nul",
             r#""\ud800""#,
             "{} {}",
+            "[01]",
+            "[-]",
+            "[1.]",
+            "[1e]",
+            "[.5]",
+            "[1.2.3]",
+            "[+1]",
+            "[1e+]",
         ] {
             assert!(matches!(upper(bad), Err(JsonError::Syntax(_))), "{bad}");
         }

@@ -236,4 +236,59 @@ mod tests {
         );
         assert!(!text.contains("[EMAIL_1]"), "{text}");
     }
+
+    #[test]
+    fn any_split_of_a_stream_into_events_gives_the_text_back() {
+        let d = Detector::new(&DetectorConfig::default()).unwrap();
+        let pieces = [
+            "jane@acme.io",
+            " and ",
+            "[",
+            "EMAIL_1]",
+            "ssn 078-05-1120",
+            "é",
+            "\"q\"",
+            "x",
+            "[[",
+            "4111 1111 1111 1111",
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..300 {
+            let original: String = (0..1 + rand(8))
+                .map(|_| pieces[rand(pieces.len())])
+                .collect();
+            let mut s = Session::new();
+            s.reserve(&original);
+            let sent = s
+                .protect(&d, &Policy::new(Action::Tokenize), &original)
+                .into_owned();
+            let mut r = EventRestorer::new(s.restorer());
+            let bounds: Vec<usize> = sent
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([sent.len()])
+                .collect();
+            let mut cuts: Vec<usize> = (0..rand(6)).map(|_| bounds[rand(bounds.len())]).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut out = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([sent.len()]) {
+                r.event(&chunk(&sent[at..c]), &mut out);
+                at = c;
+            }
+            let end = format!(
+                "data: {}\n\n",
+                serde_json::json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            );
+            r.event(end.as_bytes(), &mut out);
+            assert_eq!(contents(&out), original, "round {round}: {sent:?}");
+        }
+    }
 }
