@@ -74,6 +74,10 @@ pub struct DlpConfig {
     pub entities: Option<Vec<String>>,
     pub patterns: Vec<PatternConfig>,
     pub deny_lists: Vec<DenyListConfig>,
+    /// The model's output: `off` (default), `detect` (counted in the
+    /// `request.completed` entry) or `redact` (whole answers; streams are
+    /// counted).
+    pub responses: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -667,6 +671,14 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
         }
         for message in palisade_dlp::check_policy(&policy_input(&t.dlp)) {
             push(at("dlp"), message);
+        }
+        if let Some(r) = &t.dlp.responses
+            && !matches!(r.as_str(), "off" | "detect" | "redact")
+        {
+            push(
+                at("dlp.responses"),
+                format!("`{r}` is not off, detect or redact"),
+            );
         }
     }
     let server = &config.server;

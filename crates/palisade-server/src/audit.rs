@@ -161,6 +161,8 @@ pub struct Completed<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub client_disconnected: bool,
+    /// What data protection found in the answer.
+    pub response_detections: Option<&'a Value>,
 }
 
 /// A `request.denied` entry's fields.
@@ -279,9 +281,7 @@ impl Audit {
     }
 
     pub fn completed(&self, c: &Completed<'_>) {
-        self.submit(
-            "request.completed",
-            json!({
+        let mut fields = json!({
                 "request_id": c.request_id,
                 "received_seq": c.received_seq,
                 "status": c.status,
@@ -295,8 +295,11 @@ impl Audit {
                 "bytes_in": c.bytes_in,
                 "bytes_out": c.bytes_out,
                 "client_disconnected": c.client_disconnected,
-            }),
-        );
+        });
+        if let Some(found) = c.response_detections {
+            fields["response_detections"] = found.clone();
+        }
+        self.submit("request.completed", fields);
     }
 
     /// Failed authentications from `source` passed the configured rate:

@@ -392,6 +392,9 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         if session.has_tokens() {
             relay = relay.restoring(session.restorer());
         }
+        if protection.responses != crate::protection::Responses::Off {
+            relay = relay.scanning(Arc::clone(&protection));
+        }
         drop(session);
         builder
             .header(header::CACHE_CONTROL, "no-cache")
@@ -402,6 +405,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             Ok(bytes) => bytes,
             Err(err) => return fail(completion, err),
         };
+        // The model's output, when the tenant asks, before tokens go back in.
+        let (scanned, found) = crate::protection::scan_answer(&protection, &bytes);
+        let bytes = scanned.map_or(bytes, Bytes::from);
+        completion.response_detections(found);
         // Tokenized values go back to the client as they were.
         let bytes = if session.has_tokens() {
             restore_json(&bytes, &session.restorer()).unwrap_or(bytes)

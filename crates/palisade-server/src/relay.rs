@@ -36,6 +36,10 @@ use crate::state::AppState;
 use crate::upstream::{TimeoutPhase, UpstreamError, UpstreamErrorKind};
 use palisade_dlp::Restorer;
 
+/// How much of a streamed answer's text is kept for data protection's
+/// count.
+pub const MAX_SCANNED: usize = 1 << 20;
+
 /// Upper bound on a whole (non-streamed) upstream response.
 pub const MAX_WHOLE_RESPONSE: usize = 64 * 1024 * 1024;
 
@@ -89,6 +93,8 @@ pub struct Completion {
     bytes_out: u64,
     upstream_latency: Option<Duration>,
     recorded: bool,
+    /// What data protection found in the answer.
+    response_detections: Option<serde_json::Value>,
 }
 
 impl Completion {
@@ -101,7 +107,13 @@ impl Completion {
             bytes_out: 0,
             upstream_latency: None,
             recorded: false,
+            response_detections: None,
         }
+    }
+
+    /// Data protection's counts for the answer, for `request.completed`.
+    pub fn response_detections(&mut self, found: Option<serde_json::Value>) {
+        self.response_detections = found;
     }
 
     /// The answer's head is going out with `status`.
@@ -195,6 +207,7 @@ impl Completion {
             bytes_in: x.bytes_in,
             bytes_out: self.bytes_out,
             client_disconnected: outcome == Outcome::ClientDisconnected,
+            response_detections: self.response_detections.as_ref(),
         });
         self.state.access_log().record(&AccessRecord {
             request_id: &x.request_id,
@@ -284,6 +297,8 @@ pub struct SseRelay {
     finished: bool,
     /// Puts tokenized values back, when the request had any.
     restorer: Option<EventRestorer>,
+    /// The answer's streamed text, kept for data protection's count.
+    scan: Option<(Arc<crate::protection::TenantProtection>, String)>,
 }
 
 impl SseRelay {
@@ -306,7 +321,15 @@ impl SseRelay {
             completion,
             finished: false,
             restorer: None,
+            scan: None,
         }
+    }
+
+    /// Counts what data protection finds in the streamed text (up to
+    /// [`MAX_SCANNED`] bytes of it), for `request.completed`.
+    pub fn scanning(mut self, tenant: Arc<crate::protection::TenantProtection>) -> Self {
+        self.scan = Some((tenant, String::new()));
+        self
     }
 
     /// Restores tokenized values in the events (see [`EventRestorer`]).
@@ -346,7 +369,13 @@ impl SseRelay {
     }
 
     fn forward(&mut self, raw: Vec<u8>, out: &mut Vec<u8>) {
-        let role = self.usage.observe(&Event::parse(&raw));
+        let parsed = Event::parse(&raw);
+        if let Some((_, text)) = &mut self.scan
+            && text.len() < MAX_SCANNED
+        {
+            crate::restore::append_pieces(&parsed.data, text);
+        }
+        let role = self.usage.observe(&parsed);
         let event = if !self.hide_usage {
             raw
         } else {
@@ -376,6 +405,13 @@ impl SseRelay {
             self.forward(rest, &mut out);
         }
         self.flush(&mut out);
+        if let Some((tenant, text)) = self.scan.take() {
+            let mut session = palisade_dlp::Session::new();
+            let policy = palisade_dlp::Policy::new(palisade_dlp::Action::Detect);
+            session.protect(&tenant.detector, &policy, &text);
+            self.completion
+                .response_detections(crate::protection::detections(&session));
+        }
         self.completion.add_bytes_out(out.len());
         self.completion.finish(self.usage.usage());
         (!out.is_empty()).then(|| Bytes::from(out))

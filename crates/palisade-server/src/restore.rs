@@ -136,6 +136,16 @@ impl EventRestorer {
     }
 }
 
+/// Appends an event's pieces of answer text (see [`is_piece`]) to `text`.
+pub fn append_pieces(data: &[u8], text: &mut String) {
+    let _ = rewrite_strings_at(data, MAX_DEPTH, &mut |path, s| {
+        if is_piece(path) {
+            text.push_str(s);
+        }
+        None
+    });
+}
+
 fn write_event(out: &mut Vec<u8>, name: Option<&str>, json: &[u8]) {
     if let Some(name) = name {
         out.extend_from_slice(b"event: ");

@@ -260,3 +260,54 @@ async fn tokenized_values_are_restored_inside_streams() {
         .collect();
     assert_eq!(text, original);
 }
+
+#[tokio::test]
+async fn the_models_output_can_be_scanned_too() {
+    let app = spawn_with(MockOptions::default(), |c| {
+        let mut t = tenant(&[("PHONE", "tokenize")], &[]);
+        t.dlp.responses = Some("redact".into());
+        c.tenants = vec![t];
+    })
+    .await;
+    // EMAIL is only recorded on the way in (the default), so the mock
+    // echoes it; on the way out it is redacted. The phone number was
+    // tokenized, so it comes back as the caller wrote it.
+    let body = json!({"model": "gpt-test",
+        "messages": [{"role": "user", "content": format!("{EMAIL} / +44 20 7946 0958")}]});
+    let r = app
+        .post_with(
+            "/v1/chat/completions",
+            &[("x-mock-echo", "1")],
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "[EMAIL_1] / +44 20 7946 0958"
+    );
+    // Streams are counted.
+    let body = json!({"model": "gpt-test", "stream": true,
+        "messages": [{"role": "user", "content": format!("write to {EMAIL}")}]});
+    let resp = app
+        .open(
+            http::Method::POST,
+            &app.url("/v1/chat/completions"),
+            &[
+                ("authorization", &format!("Bearer {}", app.key)),
+                ("x-mock-echo", "1"),
+            ],
+            body.to_string(),
+        )
+        .await;
+    read_events(resp.into_body()).await;
+    let entries = app.ledger_entries().await;
+    let completed: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "request.completed")
+        .collect();
+    assert_eq!(completed.len(), 2);
+    assert_eq!(completed[0]["response_detections"]["EMAIL"]["redact"], 1);
+    assert_eq!(completed[1]["response_detections"]["EMAIL"]["detect"], 1);
+    assert!(!serde_json::to_string(&entries).unwrap().contains(EMAIL));
+}
