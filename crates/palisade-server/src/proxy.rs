@@ -389,8 +389,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             provider_name,
             completion,
         );
-        if session.has_tokens() {
-            relay = relay.restoring(session.restorer());
+        let redact = (protection.responses == crate::protection::Responses::Redact)
+            .then(|| Arc::clone(&protection));
+        if session.has_tokens() || redact.is_some() {
+            relay = relay.rewriting(session.restorer(), redact);
         }
         if protection.responses != crate::protection::Responses::Off {
             relay = relay.scanning(Arc::clone(&protection));

@@ -332,9 +332,14 @@ impl SseRelay {
         self
     }
 
-    /// Restores tokenized values in the events (see [`EventRestorer`]).
-    pub fn restoring(mut self, restorer: Restorer) -> Self {
-        self.restorer = Some(EventRestorer::new(restorer));
+    /// Restores tokenized values in the events, after redacting the
+    /// model's output when `redact` is given (see [`EventRestorer`]).
+    pub fn rewriting(
+        mut self,
+        restorer: Restorer,
+        redact: Option<Arc<crate::protection::TenantProtection>>,
+    ) -> Self {
+        self.restorer = Some(EventRestorer::new(restorer, redact));
         self
     }
 
@@ -407,7 +412,11 @@ impl SseRelay {
         self.flush(&mut out);
         if let Some((tenant, text)) = self.scan.take() {
             let mut session = palisade_dlp::Session::new();
-            let policy = palisade_dlp::Policy::new(palisade_dlp::Action::Detect);
+            let action = match tenant.responses {
+                crate::protection::Responses::Redact => palisade_dlp::Action::Redact,
+                _ => palisade_dlp::Action::Detect,
+            };
+            let policy = palisade_dlp::Policy::new(action);
             session.protect(&tenant.detector, &policy, &text);
             self.completion
                 .response_detections(crate::protection::detections(&session));

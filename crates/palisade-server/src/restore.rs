@@ -16,20 +16,44 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use palisade_dialect::sse::Event;
-use palisade_dlp::Restorer;
+use std::sync::Arc;
+
+use palisade_dlp::{Action, Policy, Restorer, Session};
+
+use crate::protection::TenantProtection;
 use palisade_dlp::json::{MAX_DEPTH, rewrite_strings_at};
 
 pub struct EventRestorer {
     base: Restorer,
     channels: BTreeMap<String, Channel>,
+    /// Redacts the model's output first, when the tenant asks.
+    redact: Option<Redacting>,
+}
+
+struct Redacting {
+    detector: Arc<TenantProtection>,
+    /// One numbering of placeholders for the whole answer.
+    session: Session,
 }
 
 struct Channel {
     restorer: Restorer,
+    /// Text not yet redacted: it could still be the start of a value.
+    held: String,
+    /// The end of what was sent, as context for what is held (`SSN` before
+    /// nine digits).
+    sent_tail: String,
     /// The last event of this channel: its name and its data.
     name: Option<String>,
     template: Vec<u8>,
 }
+
+/// How much text a redacting stream holds back: a value that ends within
+/// it is redacted whole.
+pub const REDACT_WINDOW: usize = 96;
+
+/// How much already-sent text is kept as context for what is held.
+const CONTEXT_MARGIN: usize = 64;
 
 /// Whether a string at `path` is one piece of a longer text.
 fn is_piece(path: &str) -> bool {
@@ -60,11 +84,73 @@ fn is_terminal(event: &Event<'_>) -> bool {
         || memchr::memmem::find(data, br#".done""#).is_some()
 }
 
+impl Redacting {
+    /// Redacts what can no longer grow into a longer value: all of
+    /// `held` + `piece` but the last [`REDACT_WINDOW`] bytes (and never
+    /// cutting a value found across that line).
+    fn push(&mut self, channel: &mut Channel, piece: &str, last: bool) -> String {
+        let Channel {
+            held, sent_tail, ..
+        } = channel;
+        held.push_str(piece);
+        // Scan with the end of what was sent in front, for context; only
+        // values that start in what is held count.
+        let margin = sent_tail.len();
+        let scanned = format!("{sent_tail}{held}");
+        let findings: Vec<_> = self
+            .detector
+            .detector
+            .detect(&scanned)
+            .into_iter()
+            .filter(|f| f.start >= margin)
+            .map(|mut f| {
+                f.start -= margin;
+                f.end -= margin;
+                f
+            })
+            .collect();
+        let mut cut = if last {
+            held.len()
+        } else {
+            let mut c = held.len().saturating_sub(REDACT_WINDOW);
+            while !held.is_char_boundary(c) {
+                c -= 1;
+            }
+            c
+        };
+        for f in &findings {
+            if f.start < cut && f.end > cut {
+                cut = f.start;
+            }
+        }
+        let inside: Vec<_> = findings.into_iter().filter(|f| f.end <= cut).collect();
+        let policy = Policy::new(Action::Redact);
+        let out = self
+            .session
+            .apply(&policy, &held[..cut], &inside)
+            .into_owned();
+        sent_tail.push_str(&held[..cut]);
+        let mut keep = sent_tail.len().saturating_sub(CONTEXT_MARGIN);
+        while !sent_tail.is_char_boundary(keep) {
+            keep += 1;
+        }
+        sent_tail.replace_range(..keep, "");
+        held.replace_range(..cut, "");
+        out
+    }
+}
+
 impl EventRestorer {
-    pub fn new(base: Restorer) -> Self {
+    /// Restores tokenized values (`base`), and first redacts the model's
+    /// output when `redact` is given.
+    pub fn new(base: Restorer, redact: Option<Arc<TenantProtection>>) -> Self {
         Self {
             base,
             channels: BTreeMap::new(),
+            redact: redact.map(|detector| Redacting {
+                detector,
+                session: Session::new(),
+            }),
         }
     }
 
@@ -82,22 +168,36 @@ impl EventRestorer {
         let data = event.data.clone();
         let channels = &mut self.channels;
         let base = &self.base;
+        let redact = &mut self.redact;
         let rewritten = rewrite_strings_at(&data, MAX_DEPTH, &mut |path, s| {
             if is_piece(path) {
                 let channel = channels.entry(path.to_owned()).or_insert_with(|| Channel {
                     restorer: base.clone(),
+                    held: String::new(),
+                    sent_tail: String::new(),
                     name: None,
                     template: Vec::new(),
                 });
                 channel.name.clone_from(&name);
                 channel.template.clone_from(&data);
-                let sent = channel.restorer.push(s);
+                let clean = match redact {
+                    Some(r) => Cow::Owned(r.push(channel, s, false)),
+                    None => Cow::Borrowed(s),
+                };
+                let sent = channel.restorer.push(&clean);
                 (sent != s).then_some(sent)
             } else {
-                match base.restore(s) {
-                    Cow::Owned(restored) => Some(restored),
-                    Cow::Borrowed(_) => None,
-                }
+                let clean = match redact {
+                    Some(r) => {
+                        let policy = Policy::new(Action::Redact);
+                        r.session
+                            .protect(&r.detector.detector, &policy, s)
+                            .into_owned()
+                    }
+                    None => s.to_owned(),
+                };
+                let restored = base.restore(&clean).into_owned();
+                (restored != s).then_some(restored)
             }
         });
         match rewritten {
@@ -114,7 +214,14 @@ impl EventRestorer {
             let Some(channel) = self.channels.get_mut(&path) else {
                 continue;
             };
-            let held = channel.restorer.finish();
+            let mut held = match &mut self.redact {
+                Some(r) => {
+                    let rest = r.push(channel, "", true);
+                    channel.restorer.push(&rest)
+                }
+                None => String::new(),
+            };
+            held.push_str(&channel.restorer.finish());
             if held.is_empty() {
                 continue;
             }
@@ -193,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_placeholder_split_across_events_is_restored_when_complete() {
-        let mut r = EventRestorer::new(restorer());
+        let mut r = EventRestorer::new(restorer(), None);
         let mut out = Vec::new();
         for piece in ["Hi [EM", "AIL", "_1], bye [EMA"] {
             r.event(&chunk(piece), &mut out);
@@ -217,7 +324,7 @@ mod tests {
 
     #[test]
     fn anthropic_blocks_and_whole_strings() {
-        let mut r = EventRestorer::new(restorer());
+        let mut r = EventRestorer::new(restorer(), None);
         let mut out = Vec::new();
         let delta = |t: &str| {
             format!(
@@ -278,7 +385,7 @@ mod tests {
             let sent = s
                 .protect(&d, &Policy::new(Action::Tokenize), &original)
                 .into_owned();
-            let mut r = EventRestorer::new(s.restorer());
+            let mut r = EventRestorer::new(s.restorer(), None);
             let bounds: Vec<usize> = sent
                 .char_indices()
                 .map(|(i, _)| i)
@@ -299,6 +406,63 @@ mod tests {
             );
             r.event(end.as_bytes(), &mut out);
             assert_eq!(contents(&out), original, "round {round}: {sent:?}");
+        }
+    }
+
+    #[test]
+    fn a_redacting_stream_redacts_as_the_whole_answer_would_whatever_the_split() {
+        let tenant = Arc::new(TenantProtection {
+            protection: palisade_dlp::protection(&palisade_dlp::PolicyInput::default(), &[])
+                .unwrap(),
+            responses: crate::protection::Responses::Redact,
+        });
+        let pieces = [
+            "jane@acme.io",
+            " and ",
+            "SSN ",
+            "078051120",
+            "4111 1111 1111 1111",
+            " ok ",
+            "é",
+            "+44 20 7946 0958",
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..200 {
+            let words: Vec<&str> = (0..1 + rand(10))
+                .map(|_| pieces[rand(pieces.len())])
+                .collect();
+            let original = words.join(if rand(2) == 0 { " " } else { "\n" });
+            // What redacting the whole answer at once gives.
+            let whole = Session::new()
+                .protect(&tenant.detector, &Policy::new(Action::Redact), &original)
+                .into_owned();
+            let mut r = EventRestorer::new(Restorer::empty(), Some(Arc::clone(&tenant)));
+            let bounds: Vec<usize> = original
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([original.len()])
+                .collect();
+            let mut cuts: Vec<usize> = (0..rand(8)).map(|_| bounds[rand(bounds.len())]).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut out = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([original.len()]) {
+                r.event(&chunk(&original[at..c]), &mut out);
+                at = c;
+            }
+            let end = format!(
+                "data: {}\n\n",
+                serde_json::json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            );
+            r.event(end.as_bytes(), &mut out);
+            assert_eq!(contents(&out), whole, "round {round}: {original:?}");
         }
     }
 }

@@ -308,6 +308,6 @@ async fn the_models_output_can_be_scanned_too() {
         .collect();
     assert_eq!(completed.len(), 2);
     assert_eq!(completed[0]["response_detections"]["EMAIL"]["redact"], 1);
-    assert_eq!(completed[1]["response_detections"]["EMAIL"]["detect"], 1);
+    assert_eq!(completed[1]["response_detections"]["EMAIL"]["redact"], 1);
     assert!(!serde_json::to_string(&entries).unwrap().contains(EMAIL));
 }
