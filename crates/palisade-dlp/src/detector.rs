@@ -619,6 +619,43 @@ mod tests {
         );
     }
 
+    /// Inputs built to be slow: each completes in linear time (a
+    /// super-linear path would not finish at these sizes).
+    #[test]
+    fn hostile_inputs_stay_linear() {
+        let evil = DetectorConfig {
+            patterns: vec![CustomPattern {
+                name: "EVIL".into(),
+                regex: "(a+)+$".into(),
+                score: 0.9,
+            }],
+            ..DetectorConfig::default()
+        };
+        let d = Detector::new(&evil).unwrap();
+        let n = 200_000;
+        for text in [
+            format!("{}!", "a".repeat(n)),
+            "@".repeat(n),
+            "a@".repeat(n / 2),
+            "1".repeat(n),
+            "1-".repeat(n / 2),
+            "1.".repeat(n / 2),
+            ":".repeat(n),
+            "a:".repeat(n / 2),
+            "[".repeat(n),
+            "password=".repeat(n / 9),
+            "eyJ.".repeat(n / 4),
+            "-----BEGIN ".repeat(n / 11),
+            "Mr ".repeat(n / 3),
+            "John ".repeat(n / 5),
+            "1 Main ".repeat(n / 7),
+            "\u{200B}".repeat(n / 3),
+            "ｊ".repeat(n / 3),
+        ] {
+            let _ = d.detect(&text);
+        }
+    }
+
     #[test]
     fn overlaps_keep_the_most_confident() {
         let d = DetectorConfig::default();

@@ -323,9 +323,12 @@ impl Secrets {
         let s = text.as_bytes();
         let jwt = FORMATS.len();
         let pem = FORMATS.len() + 1;
+        // Where the last token found ended: a PEM block's body holds more
+        // `BEGIN`s and prefixes that are not tokens of their own.
+        let mut covered = 0;
         for m in self.prefixes.find_iter(text) {
             let (start, id) = (m.start(), m.pattern().as_usize());
-            if start > 0 && url_safe(s[start - 1]) && id != pem {
+            if start < covered || (start > 0 && url_safe(s[start - 1]) && id != pem) {
                 continue;
             }
             let found = if id == jwt {
@@ -344,7 +347,10 @@ impl Secrets {
                 (boundary && (f.min..=f.max).contains(&len))
                     .then(|| Finding::new(f.entity, start, end, f.score))
             };
-            out.extend(found);
+            if let Some(f) = found {
+                covered = f.end;
+                out.push(f);
+            }
         }
         assigned(text, keywords, out);
     }
@@ -390,7 +396,10 @@ fn assigned(text: &str, keywords: &[(usize, usize)], out: &mut Vec<Finding>) {
             }
         }
         let start = i;
+        // Values longer than 512 bytes are not taken for secrets; looking
+        // no further keeps many keywords from costing the square.
         while i < s.len()
+            && i - start <= 512
             && !matches!(
                 s[i],
                 b' ' | b'\t'
@@ -503,7 +512,14 @@ fn jwt_at(s: &[u8], start: usize) -> Option<Finding> {
 /// A PEM private key block, through its END line (or to where the text
 /// ends, when it was cut).
 fn pem_at(text: &str, start: usize) -> Option<Finding> {
-    let line_end = text[start..].find('\n').map_or(text.len(), |n| start + n);
+    // The header line is short; looking further would make many `BEGIN`s
+    // cost the square of the text.
+    let s = text.as_bytes();
+    let window = &s[start..s.len().min(start + 80)];
+    let line_end = memchr::memchr(b'\n', window).map_or(start + window.len(), |n| start + n);
+    if !text.is_char_boundary(line_end) {
+        return None;
+    }
     let header = &text[start..line_end];
     if !header.contains("PRIVATE KEY-----") {
         return None;

@@ -192,6 +192,17 @@ async fn hostile_bodies_are_refused_clearly() {
     let r = app.post("/v1/chat/completions", dup).await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("more than once"), "{}", r.text());
+    let mut invalid = br#"{"model":"gpt-test","messages":[{"role":"user","content":"caf"#.to_vec();
+    invalid.extend_from_slice(b"\xff\xfe\"}]}");
+    let r = app
+        .send(
+            http::Method::POST,
+            &app.url("/v1/chat/completions"),
+            &[("authorization", &format!("Bearer {}", app.key))],
+            invalid,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
     assert!(app.mock.last_request().is_none());
     // A large clean prompt goes through unchanged (byte for byte).
     let big = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "lorem ipsum ".repeat(60_000)}], "temperature": 0.70});
