@@ -56,6 +56,30 @@ pub struct TenantConfig {
     pub data_classes: Vec<String>,
     #[serde(default)]
     pub dlp: DlpConfig,
+    /// Limits for the whole tenant.
+    #[serde(default)]
+    pub limits: LimitConfig,
+    /// Limits per application.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+/// Rate and concurrency limits (unset: none at this level).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitConfig {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Requests in flight at once.
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub name: String,
+    #[serde(default)]
+    pub limits: LimitConfig,
 }
 
 /// Data protection for one tenant.
@@ -671,6 +695,24 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
         }
         for message in palisade_dlp::check_policy(&policy_input(&t.dlp)) {
             push(at("dlp"), message);
+        }
+        let zero = |l: &LimitConfig| l.rpm == Some(0) || l.concurrency == Some(0);
+        const LIMIT_RULE: &str =
+            "rpm and concurrency must be at least 1 (leave them out for no limit)";
+        if zero(&t.limits) {
+            push(at("limits"), LIMIT_RULE.into());
+        }
+        let mut app_names = HashSet::new();
+        for (j, app) in t.apps.iter().enumerate() {
+            if zero(&app.limits) {
+                push(format!("tenants[{i}].apps[{j}].limits"), LIMIT_RULE.into());
+            }
+            if !is_name(&app.name) || !app_names.insert(app.name.as_str()) {
+                push(
+                    format!("tenants[{i}].apps[{j}].name"),
+                    format!("must be a unique name: {NAME_RULE}"),
+                );
+            }
         }
         if let Some(r) = &t.dlp.responses
             && !matches!(r.as_str(), "off" | "detect" | "redact")

@@ -59,5 +59,23 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Admission against a key's, an app's and a tenant's request rate and
+/// concurrency (the slots given back each time). Target: at most 2 µs.
+fn admission(c: &mut Criterion) {
+    use palisade_server::limits::{Applicable, Level, Limiter};
+    let limiter = Limiter::default();
+    let limits = Applicable {
+        rates: vec![
+            (Level::Key, "k".into(), u32::MAX),
+            (Level::App, "acme/bot".into(), u32::MAX),
+            (Level::Tenant, "acme".into(), u32::MAX),
+        ],
+        concurrency: vec![(Level::Key, "k".into(), 1_000)],
+    };
+    c.bench_function("admit: three rates and a concurrency limit", |b| {
+        b.iter(|| limiter.admit(&limits, std::time::Instant::now()).is_ok())
+    });
+}
+
+criterion_group!(benches, bench, admission);
 criterion_main!(benches);

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     AuthThrottled,
     /// Data protection found values the tenant's policy does not let leave.
     ContentBlocked,
+    /// Over a request rate or concurrency limit of the key, app or tenant.
+    RateLimited,
     ModelNotFound,
     NotFound,
     MethodNotAllowed,
@@ -58,6 +60,7 @@ impl ErrorKind {
             Self::PermissionDenied => "permission_denied",
             Self::AuthThrottled => "auth_throttled",
             Self::ContentBlocked => "content_blocked",
+            Self::RateLimited => "rate_limited",
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -79,7 +82,7 @@ impl ErrorKind {
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::ContentBlocked => StatusCode::BAD_REQUEST,
-            Self::AuthThrottled => StatusCode::TOO_MANY_REQUESTS,
+            Self::AuthThrottled | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamRejected => StatusCode::BAD_REQUEST,
@@ -104,7 +107,9 @@ impl ErrorKind {
             | Self::UpstreamRejected
             | Self::ContentBlocked => "invalid_request_error",
             Self::PermissionDenied => "permission_error",
-            Self::UpstreamRateLimited | Self::AuthThrottled => "rate_limit_error",
+            Self::UpstreamRateLimited | Self::AuthThrottled | Self::RateLimited => {
+                "rate_limit_error"
+            }
             Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamFailed => {
                 "upstream_error"
             }
@@ -122,7 +127,7 @@ impl ErrorKind {
             Self::BodyTooLarge => "request_too_large",
             Self::MissingKey | Self::InvalidKey => "authentication_error",
             Self::PermissionDenied => "permission_error",
-            Self::AuthThrottled => "rate_limit_error",
+            Self::AuthThrottled | Self::RateLimited => "rate_limit_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::UpstreamRateLimited => "rate_limit_error",
             Self::UpstreamUnreachable
@@ -142,6 +147,7 @@ impl ErrorKind {
             Self::PermissionDenied => Some("permission_denied"),
             Self::AuthThrottled => Some("auth_throttled"),
             Self::ContentBlocked => Some("content_blocked"),
+            Self::RateLimited => Some("rate_limit_exceeded"),
             Self::ModelNotFound => Some("model_not_found"),
             Self::BodyTooLarge => Some("request_too_large"),
             Self::UpstreamUnreachable => Some("upstream_unreachable"),
@@ -163,6 +169,7 @@ pub struct ApiError {
     status: Option<StatusCode>,
     retry_after: Option<HeaderValue>,
     reason: Option<&'static str>,
+    rate: Option<Box<crate::limits::RateStatus>>,
 }
 
 /// Why a request was refused, in more detail than its error kind, for the
@@ -180,7 +187,14 @@ impl ApiError {
             status: None,
             retry_after: None,
             reason: None,
+            rate: None,
         }
+    }
+
+    /// The `x-ratelimit-*-requests` headers of a refusal.
+    pub fn with_rate(mut self, rate: crate::limits::RateStatus) -> Self {
+        self.rate = Some(Box::new(rate));
+        self
     }
 
     /// The reason the audit record gives (see [`DenyReason`]).
@@ -291,6 +305,13 @@ impl IntoResponse for ApiError {
         );
         if let Some(ra) = self.retry_after {
             headers.insert(header::RETRY_AFTER, ra);
+        }
+        if let Some(rate) = self.rate {
+            headers.insert("x-ratelimit-limit-requests", HeaderValue::from(rate.limit));
+            headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0u32));
+            if let Ok(v) = HeaderValue::from_str(&crate::limits::reset_header(rate.reset)) {
+                headers.insert("x-ratelimit-reset-requests", v);
+            }
         }
         resp.extensions_mut().insert(self.kind);
         if let Some(reason) = self.reason {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 mod health;
 mod ledger_http;
+pub mod limits;
 pub mod manage;
 pub mod metrics;
 pub mod protection;

@@ -64,6 +64,12 @@ pub struct KeyRequest {
     /// Bind the key to a client certificate (SHA-256, hex).
     #[serde(default)]
     pub client_cert_sha256: Option<String>,
+    /// Requests per minute for this key.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Requests in flight at once for this key.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
@@ -129,6 +135,8 @@ pub fn new_key(
             networks,
             max_tokens: req.max_tokens,
             client_cert: req.client_cert_sha256,
+            rpm: req.rpm,
+            concurrency: req.concurrency,
         },
         expires_at,
         owner: req.owner,
@@ -416,6 +424,8 @@ pub fn key_json(k: &KeyRecord, now: i64) -> Value {
             "networks": k.scope.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "max_tokens": k.scope.max_tokens,
             "client_cert_sha256": k.scope.client_cert,
+            "rpm": k.scope.rpm,
+            "concurrency": k.scope.concurrency,
         },
         "expires_at": k.expires_at.map(rfc3339),
         "owner": k.owner,

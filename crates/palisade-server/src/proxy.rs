@@ -167,6 +167,19 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     // The key's scope first: nothing is scanned for a request refused anyway.
     authorize(&principal, &mut parse(&body, endpoint)?, endpoint)?;
 
+    // Rates and concurrency: the key's, its application's, its tenant's.
+    let (plan, limiter) = state.limits();
+    let applicable = plan.applicable(
+        principal.key_id().as_str(),
+        principal.scope(),
+        principal.tenant(),
+        principal.app(),
+    );
+    let (rate, slots) = match limiter.admit(&applicable, Instant::now()) {
+        Ok(admitted) => admitted,
+        Err(refused) => return Err(rate_refusal(refused, dialect)),
+    };
+
     // Data protection, on every string the provider would see.
     let protection = Arc::clone(state.protections().for_tenant(principal.tenant()));
     let mut session = Session::new();
@@ -296,7 +309,8 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     let seq_header = HeaderValue::from(received_seq);
 
     // From here on the exchange records its own end, however it ends.
-    let mut completion = Completion::new(
+    let mut completion = Completion::new_limited(
+        slots,
         state.clone(),
         Exchange {
             request_id: request_id.as_str().to_owned(),
@@ -425,11 +439,60 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     };
     let mut response = response
         .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "cannot build the response"))?;
+    if let Some(rate) = rate {
+        rate_headers(response.headers_mut(), rate);
+    }
     response.extensions_mut().insert(DeferredCompletion);
     response
         .headers_mut()
         .insert(X_AUDIT_SEQ.clone(), seq_header);
     Ok(response)
+}
+
+/// The request-rate headers OpenAI's clients read.
+fn rate_headers(headers: &mut HeaderMap, rate: crate::limits::RateStatus) {
+    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(rate.limit));
+    headers.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(rate.remaining),
+    );
+    if let Ok(v) = HeaderValue::from_str(&crate::limits::reset_header(rate.reset)) {
+        headers.insert("x-ratelimit-reset-requests", v);
+    }
+}
+
+/// A request over a limit: 429 in the caller's dialect, with `Retry-After`.
+fn rate_refusal(refused: crate::limits::Refusal, dialect: Dialect) -> ApiError {
+    use crate::limits::Refusal;
+    let reason = refused.reason();
+    match refused {
+        Refusal::Rate {
+            level,
+            retry_after,
+            status,
+        } => ApiError::new(
+            ErrorKind::RateLimited,
+            dialect,
+            format!(
+                "rate limit reached: {} requests per minute for this {}; try again in {}",
+                status.limit,
+                level.as_str(),
+                crate::limits::reset_header(retry_after)
+            ),
+        )
+        .with_retry_after(retry_after)
+        .with_rate(status),
+        Refusal::Concurrency { level, limit } => ApiError::new(
+            ErrorKind::RateLimited,
+            dialect,
+            format!(
+                "too many requests in flight: at most {limit} at once for this {}",
+                level.as_str()
+            ),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)),
+    }
+    .with_reason(reason)
 }
 
 /// What data protection found in a refused request, for its

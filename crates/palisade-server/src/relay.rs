@@ -95,9 +95,18 @@ pub struct Completion {
     recorded: bool,
     /// What data protection found in the answer.
     response_detections: Option<serde_json::Value>,
+    /// Concurrency slots, given back when the exchange ends.
+    _slots: Option<crate::limits::Slots>,
 }
 
 impl Completion {
+    /// An exchange holding concurrency `slots` until it ends.
+    pub fn new_limited(slots: crate::limits::Slots, state: AppState, exchange: Exchange) -> Self {
+        let mut c = Self::new(state, exchange);
+        c._slots = Some(slots);
+        c
+    }
+
     pub fn new(state: AppState, exchange: Exchange) -> Self {
         Self {
             state,
@@ -108,6 +117,7 @@ impl Completion {
             upstream_latency: None,
             recorded: false,
             response_detections: None,
+            _slots: None,
         }
     }
 

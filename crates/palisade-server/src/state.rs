@@ -26,6 +26,7 @@ struct Inner {
     access_log: AccessLog,
     audit: Audit,
     protections: Protections,
+    limits: (crate::limits::Plan, crate::limits::Limiter),
     draining: AtomicBool,
 }
 
@@ -39,6 +40,7 @@ impl AppState {
         audit: Audit,
         protections: Protections,
     ) -> Self {
+        let plan = crate::limits::Plan::new(&config);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -47,6 +49,7 @@ impl AppState {
                 metrics,
                 access_log,
                 audit,
+                limits: (plan, crate::limits::Limiter::default()),
                 protections,
                 draining: AtomicBool::new(false),
             }),
@@ -76,6 +79,11 @@ impl AppState {
     /// Each tenant's data protection.
     pub fn protections(&self) -> &Protections {
         &self.inner.protections
+    }
+
+    /// Which limits apply, and their state in this process.
+    pub fn limits(&self) -> (&crate::limits::Plan, &crate::limits::Limiter) {
+        (&self.inner.limits.0, &self.inner.limits.1)
     }
 
     pub fn access_log(&self) -> &AccessLog {

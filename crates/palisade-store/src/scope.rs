@@ -28,6 +28,12 @@ pub struct Scope {
     /// the key must be used with, over mutual TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<String>,
+    /// Requests per minute for this key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Requests in flight at once for this key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 impl Default for Scope {
@@ -38,6 +44,8 @@ impl Default for Scope {
             networks: Vec::new(),
             max_tokens: None,
             client_cert: None,
+            rpm: None,
+            concurrency: None,
         }
     }
 }
@@ -52,7 +60,7 @@ pub enum ScopeError {
         "{0:?} is not a network (use CIDR such as 10.0.0.0/8 or 2001:db8::/32, or one address)"
     )]
     BadNetwork(String),
-    #[error("max_tokens must be at least 1")]
+    #[error("max_tokens, rpm and concurrency must be at least 1")]
     BadMaxTokens,
     #[error("a client certificate fingerprint is 64 lowercase hex characters (SHA-256)")]
     BadFingerprint,
@@ -72,7 +80,7 @@ impl Scope {
                 return Err(ScopeError::BadModel(m.clone()));
             }
         }
-        if self.max_tokens == Some(0) {
+        if self.max_tokens == Some(0) || self.rpm == Some(0) || self.concurrency == Some(0) {
             return Err(ScopeError::BadMaxTokens);
         }
         if let Some(fp) = &self.client_cert

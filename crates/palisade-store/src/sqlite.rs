@@ -671,6 +671,8 @@ mod tests {
             networks: vec![crate::scope::parse_network("10.0.0.0/8").unwrap()],
             max_tokens: Some(512),
             client_cert: Some("0f".repeat(32)),
+            rpm: Some(60),
+            concurrency: Some(4),
         };
         new.expires_at = Some(5000);
         new.owner = Some("search-team".into());

@@ -232,6 +232,8 @@ pub struct Target {
     pub url: Option<String>,
 }
 
+// Parsed once per run; the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; the key itself is printed once and never stored.
@@ -259,6 +261,12 @@ pub enum KeysCommand {
         /// Most completion tokens one request may ask for.
         #[arg(long)]
         max_tokens: Option<u32>,
+        /// Requests per minute for this key.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Requests in flight at once for this key.
+        #[arg(long)]
+        concurrency: Option<u32>,
         /// Bind the key to this client certificate (PEM): over mutual TLS,
         /// the key works only with it.
         #[arg(long)]

@@ -124,6 +124,8 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             cidr,
             expires,
             max_tokens,
+            rpm,
+            concurrency,
             cert,
             owner,
             ticket,
@@ -142,6 +144,8 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 expires_in: expires,
                 max_tokens,
                 client_cert_sha256,
+                rpm,
+                concurrency,
                 owner,
                 ticket,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -462,6 +466,8 @@ fn key_request_json(r: &KeyRequest) -> Value {
     set("expires_in", json!(r.expires_in));
     set("max_tokens", json!(r.max_tokens));
     set("client_cert_sha256", json!(r.client_cert_sha256));
+    set("rpm", json!(r.rpm));
+    set("concurrency", json!(r.concurrency));
     set("owner", json!(r.owner));
     set("ticket", json!(r.ticket));
     if !r.labels.is_empty() {

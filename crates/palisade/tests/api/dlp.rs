@@ -24,6 +24,8 @@ fn tenant(actions: &[(&str, &str)], classes: &[&str]) -> TenantConfig {
                 .collect(),
             ..DlpConfig::default()
         },
+        limits: Default::default(),
+        apps: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@ mod helpers;
 mod inbound_tls;
 mod ledger;
 mod lifecycle;
+mod limits;
 mod proxy;
 mod sdk;
 mod streaming;

@@ -1,0 +1,424 @@
+//! Request rates and concurrency per key, application and tenant, in this
+//! process (the tightest level wins).
+//!
+//! Rates use GCRA (the generic cell rate algorithm): one "theoretical
+//! arrival time" per limited thing, so a limit of N per minute lets N
+//! requests through at once and then one every 60/N seconds, with no
+//! window edges to game. Every level is checked before any is charged, so a
+//! request refused by its tenant's limit does not use up its key's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Level {
+    Key,
+    App,
+    Tenant,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::App => "app",
+            Self::Tenant => "tenant",
+        }
+    }
+}
+
+/// The limits that apply to one request, by level.
+#[derive(Debug, Clone, Default)]
+pub struct Applicable {
+    /// (level, who, requests per minute)
+    pub rates: Vec<(Level, String, u32)>,
+    /// (level, who, concurrent requests)
+    pub concurrency: Vec<(Level, String, u32)>,
+}
+
+/// The state of the tightest rate after an admission, for the
+/// `x-ratelimit-*-requests` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateStatus {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the limit is whole again.
+    pub reset: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over a rate; try again after `retry_after`.
+    Rate {
+        level: Level,
+        retry_after: Duration,
+        status: RateStatus,
+    },
+    /// Over a concurrency limit.
+    Concurrency { level: Level, limit: u32 },
+}
+
+impl Refusal {
+    /// The audit record's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Rate {
+                level: Level::Key, ..
+            } => "rate_limited_key",
+            Self::Rate {
+                level: Level::App, ..
+            } => "rate_limited_app",
+            Self::Rate {
+                level: Level::Tenant,
+                ..
+            } => "rate_limited_tenant",
+            Self::Concurrency {
+                level: Level::Key, ..
+            } => "concurrency_limited_key",
+            Self::Concurrency {
+                level: Level::App, ..
+            } => "concurrency_limited_app",
+            Self::Concurrency {
+                level: Level::Tenant,
+                ..
+            } => "concurrency_limited_tenant",
+        }
+    }
+}
+
+/// Which limits apply to whom, from configuration and keys.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// tenant → (its limits, app → its limits)
+    tenants: HashMap<
+        String,
+        (
+            palisade_config::LimitConfig,
+            HashMap<String, palisade_config::LimitConfig>,
+        ),
+    >,
+}
+
+impl Plan {
+    pub fn new(config: &palisade_config::Config) -> Self {
+        Self {
+            tenants: config
+                .tenants
+                .iter()
+                .map(|t| {
+                    let apps = t.apps.iter().map(|a| (a.name.clone(), a.limits)).collect();
+                    (t.name.clone(), (t.limits, apps))
+                })
+                .collect(),
+        }
+    }
+
+    /// The limits on a key's requests: its own, its application's, its
+    /// tenant's.
+    pub fn applicable(
+        &self,
+        key: &str,
+        scope: &palisade_store::Scope,
+        tenant: &str,
+        app: &str,
+    ) -> Applicable {
+        let mut out = Applicable::default();
+        let mut add = |level: Level, who: String, rpm: Option<u32>, concurrency: Option<u32>| {
+            if let Some(r) = rpm {
+                out.rates.push((level, who.clone(), r));
+            }
+            if let Some(c) = concurrency {
+                out.concurrency.push((level, who, c));
+            }
+        };
+        add(Level::Key, key.to_owned(), scope.rpm, scope.concurrency);
+        if let Some((limits, apps)) = self.tenants.get(tenant) {
+            if let Some(a) = apps.get(app) {
+                add(Level::App, format!("{tenant}/{app}"), a.rpm, a.concurrency);
+            }
+            add(
+                Level::Tenant,
+                tenant.to_owned(),
+                limits.rpm,
+                limits.concurrency,
+            );
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+pub struct Limiter {
+    /// Theoretical arrival time per (level, who).
+    tat: Mutex<HashMap<(Level, String), Instant>>,
+    in_flight: Arc<Mutex<HashMap<(Level, String), u32>>>,
+}
+
+/// Holds a request's concurrency slots; they are given back when it is
+/// dropped (when the exchange ends, streams included).
+#[derive(Debug)]
+pub struct Slots {
+    held: Vec<(Level, String)>,
+    in_flight: Arc<Mutex<HashMap<(Level, String), u32>>>,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.in_flight.lock() {
+            for k in self.held.drain(..) {
+                if let Some(n) = map.get_mut(&k) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        map.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many limited things are remembered before the idle ones are
+/// forgotten.
+const MAX_TRACKED: usize = 100_000;
+
+impl Limiter {
+    /// Admits a request at `now` or says which limit refuses it.
+    pub fn admit(
+        &self,
+        limits: &Applicable,
+        now: Instant,
+    ) -> Result<(Option<RateStatus>, Slots), Refusal> {
+        let mut slots = Slots {
+            held: Vec::new(),
+            in_flight: Arc::clone(&self.in_flight),
+        };
+        if !limits.concurrency.is_empty() {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for (level, who, limit) in &limits.concurrency {
+                if map.get(&(*level, who.clone())).copied().unwrap_or(0) >= *limit {
+                    return Err(Refusal::Concurrency {
+                        level: *level,
+                        limit: *limit,
+                    });
+                }
+            }
+            for (level, who, _) in &limits.concurrency {
+                *map.entry((*level, who.clone())).or_default() += 1;
+                slots.held.push((*level, who.clone()));
+            }
+        }
+        if limits.rates.is_empty() {
+            return Ok((None, slots));
+        }
+        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        if tat.len() >= MAX_TRACKED {
+            tat.retain(|_, t| *t > now);
+        }
+        // Check every level, then charge every level.
+        let mut tightest: Option<RateStatus> = None;
+        let mut next = Vec::with_capacity(limits.rates.len());
+        for (level, who, rpm) in &limits.rates {
+            let rpm = (*rpm).max(1);
+            let interval = Duration::from_secs(60) / rpm;
+            let burst = interval * rpm;
+            let current = tat
+                .get(&(*level, who.clone()))
+                .copied()
+                .unwrap_or(now)
+                .max(now);
+            let new_tat = current + interval;
+            let ahead = new_tat - now;
+            if ahead > burst {
+                let status = RateStatus {
+                    limit: rpm,
+                    remaining: 0,
+                    reset: current - now,
+                };
+                return Err(Refusal::Rate {
+                    level: *level,
+                    retry_after: ahead - burst,
+                    status,
+                });
+            }
+            let remaining = u32::try_from((burst - ahead).as_nanos() / interval.as_nanos().max(1))
+                .unwrap_or(u32::MAX);
+            let status = RateStatus {
+                limit: rpm,
+                remaining,
+                reset: ahead,
+            };
+            if tightest.is_none_or(|t| remaining < t.remaining) {
+                tightest = Some(status);
+            }
+            next.push(((*level, who.clone()), new_tat));
+        }
+        for (k, t) in next {
+            tat.insert(k, t);
+        }
+        Ok((tightest, slots))
+    }
+}
+
+/// `6m0s`, `1s`, `120ms`: the duration form OpenAI's reset headers use.
+pub fn reset_header(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{}ms", ms.max(1));
+    }
+    let secs = d.as_secs_f64();
+    let minutes = (secs / 60.0).floor() as u64;
+    let rest = secs - minutes as f64 * 60.0;
+    if minutes > 0 {
+        format!("{minutes}m{}s", rest.round() as u64)
+    } else {
+        format!("{}s", (rest * 10.0).round() / 10.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(who: &str, rpm: u32) -> Applicable {
+        Applicable {
+            rates: vec![(Level::Key, who.into(), rpm)],
+            concurrency: vec![],
+        }
+    }
+
+    #[test]
+    fn exactly_n_pass_then_the_window_refills_one_at_a_time() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        let limits = rate("k", 6); // one every 10 s, burst 6
+        for i in 0..6 {
+            let (status, _) = l.admit(&limits, t0).unwrap();
+            assert_eq!(status.unwrap().remaining, 5 - i, "request {i}");
+        }
+        let Err(Refusal::Rate { retry_after, .. }) = l.admit(&limits, t0) else {
+            panic!("the seventh must be refused");
+        };
+        assert_eq!(retry_after, Duration::from_secs(10));
+        assert!(l.admit(&limits, t0 + Duration::from_millis(9_999)).is_err());
+        assert!(l.admit(&limits, t0 + Duration::from_secs(10)).is_ok());
+        assert!(l.admit(&limits, t0 + Duration::from_secs(10)).is_err());
+        // After a full minute of quiet, the whole burst again.
+        let later = t0 + Duration::from_secs(80);
+        for _ in 0..6 {
+            assert!(l.admit(&limits, later).is_ok());
+        }
+        assert!(l.admit(&limits, later).is_err());
+        // Other keys are not affected.
+        assert!(l.admit(&rate("other", 6), t0).is_ok());
+    }
+
+    #[test]
+    fn the_tightest_level_wins_and_a_refusal_charges_nothing() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        let limits = Applicable {
+            rates: vec![
+                (Level::Key, "k".into(), 100),
+                (Level::Tenant, "t".into(), 2),
+            ],
+            concurrency: vec![],
+        };
+        let (status, _) = l.admit(&limits, t0).unwrap();
+        assert_eq!(status.unwrap().limit, 2);
+        assert!(l.admit(&limits, t0).is_ok());
+        let refused = l.admit(&limits, t0).unwrap_err();
+        assert_eq!(refused.reason(), "rate_limited_tenant");
+        // The key was charged twice, not three times: 98 left.
+        let (status, _) = l.admit(&rate("k", 100), t0).unwrap();
+        assert_eq!(status.unwrap().remaining, 97);
+    }
+
+    #[test]
+    fn concurrency_slots_come_back_when_the_request_ends() {
+        let l = Limiter::default();
+        let limits = Applicable {
+            rates: vec![],
+            concurrency: vec![(Level::App, "a".into(), 2)],
+        };
+        let now = Instant::now();
+        let a = l.admit(&limits, now).unwrap();
+        let b = l.admit(&limits, now).unwrap();
+        assert_eq!(
+            l.admit(&limits, now).unwrap_err().reason(),
+            "concurrency_limited_app"
+        );
+        drop(a);
+        let c = l.admit(&limits, now).unwrap();
+        drop((b, c));
+        assert!(l.in_flight.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn many_threads_racing_one_limit_never_overshoot() {
+        let l = Arc::new(Limiter::default());
+        let t0 = Instant::now();
+        let admitted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (l, admitted) = (Arc::clone(&l), Arc::clone(&admitted));
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        if l.admit(&rate("shared", 1000), t0).is_ok() {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 1000);
+    }
+
+    #[test]
+    fn reset_headers_look_like_openais() {
+        assert_eq!(reset_header(Duration::from_millis(120)), "120ms");
+        assert_eq!(reset_header(Duration::from_secs(1)), "1s");
+        assert_eq!(reset_header(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(reset_header(Duration::from_secs(360)), "6m0s");
+    }
+
+    #[test]
+    fn the_plan_names_every_level_that_has_a_limit() {
+        let text = r#"
+[[tenants]]
+name = "acme"
+limits = { rpm = 600 }
+apps = [{ name = "bot", limits = { rpm = 60, concurrency = 4 } }]
+"#;
+        let config = palisade_config::Config::from_toml("t", text, Vec::new()).unwrap();
+        let plan = Plan::new(&config);
+        let scope = palisade_store::Scope {
+            rpm: Some(10),
+            ..palisade_store::Scope::default()
+        };
+        let a = plan.applicable("k1", &scope, "acme", "bot");
+        assert_eq!(
+            a.rates,
+            [
+                (Level::Key, "k1".to_owned(), 10),
+                (Level::App, "acme/bot".to_owned(), 60),
+                (Level::Tenant, "acme".to_owned(), 600)
+            ]
+        );
+        assert_eq!(a.concurrency, [(Level::App, "acme/bot".to_owned(), 4)]);
+        let other = plan.applicable("k2", &palisade_store::Scope::default(), "globex", "x");
+        assert!(other.rates.is_empty() && other.concurrency.is_empty());
+        assert!(
+            palisade_config::Config::from_toml(
+                "t",
+                "[[tenants]]\nname = \"a\"\nlimits = { rpm = 0 }\n",
+                Vec::new()
+            )
+            .is_err()
+        );
+    }
+}

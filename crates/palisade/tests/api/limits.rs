@@ -1,0 +1,160 @@
+//! Request rates and concurrency on the request path.
+
+use std::time::Duration;
+
+use palisade_config::{LimitConfig, TenantConfig};
+use palisade_mock::MockOptions;
+use palisade_store::{NewKey, Scope, Store};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const CHAT: &str = r#"{"model":"gpt-test","messages":[]}"#;
+
+async fn key_with(app: &TestApp, scope: Scope) -> String {
+    let (_, key) = app
+        .store
+        .create_key(
+            NewKey {
+                tenant: "acme".into(),
+                app: "tests".into(),
+                env: "dev".into(),
+                scope,
+                ..NewKey::default()
+            },
+            palisade_store::unix_now(),
+        )
+        .await
+        .unwrap();
+    key.expose().to_owned()
+}
+
+async fn chat(app: &TestApp, key: &str, extra: &[(&str, &str)]) -> Reply {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    app.send(
+        http::Method::POST,
+        &app.url("/v1/chat/completions"),
+        &headers,
+        CHAT,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn exactly_n_requests_pass_with_openai_style_headers() {
+    let app = spawn_app().await;
+    let key = key_with(
+        &app,
+        Scope {
+            rpm: Some(3),
+            ..Scope::default()
+        },
+    )
+    .await;
+    for remaining in ["2", "1", "0"] {
+        let r = chat(&app, &key, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+        assert_eq!(r.header("x-ratelimit-remaining-requests"), Some(remaining));
+        assert!(r.header("x-ratelimit-reset-requests").is_some());
+    }
+    let r = chat(&app, &key, &[]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((19..=20).contains(&retry), "{retry}");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    // Another key is not held back.
+    assert_eq!(chat(&app, &app.key, &[]).await.status, 200);
+    let entries = app.ledger_entries().await;
+    let denied: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "request.denied")
+        .collect();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["reason"], "rate_limited_key");
+}
+
+#[tokio::test]
+async fn the_tightest_of_key_app_and_tenant_wins() {
+    let app = spawn_with(MockOptions::default(), |c| {
+        c.tenants = vec![TenantConfig {
+            name: "acme".into(),
+            data_classes: vec![],
+            dlp: Default::default(),
+            limits: LimitConfig {
+                rpm: Some(2),
+                concurrency: None,
+            },
+            apps: vec![],
+        }];
+    })
+    .await;
+    let key = key_with(
+        &app,
+        Scope {
+            rpm: Some(100),
+            ..Scope::default()
+        },
+    )
+    .await;
+    assert_eq!(chat(&app, &key, &[]).await.status, 200);
+    let r = chat(&app, &app.key, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
+    // Both keys share the tenant's two per minute.
+    let r = app
+        .post_anthropic(
+            r#"{"model":"claude-test","max_tokens":8,"messages":[]}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    let entries = app.ledger_entries().await;
+    let denied = entries
+        .iter()
+        .find(|e| e["kind"] == "request.denied")
+        .unwrap();
+    assert_eq!(denied["reason"], "rate_limited_tenant");
+}
+
+#[tokio::test]
+async fn concurrency_slots_are_held_until_the_stream_ends() {
+    let app = spawn_app().await;
+    let key = key_with(
+        &app,
+        Scope {
+            concurrency: Some(1),
+            ..Scope::default()
+        },
+    )
+    .await;
+    let auth = format!("Bearer {key}");
+    let slow = app
+        .open(
+            http::Method::POST,
+            &app.url("/v1/chat/completions"),
+            &[("authorization", &auth), ("x-mock-chunk-delay-ms", "100")],
+            r#"{"model":"gpt-test","stream":true,"messages":[]}"#,
+        )
+        .await;
+    assert_eq!(slow.status(), 200);
+    // While the stream is open, a second request is one too many.
+    let r = chat(&app, &key, &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("in flight"));
+    read_events(slow.into_body()).await;
+    // The slot comes back when the stream has ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if chat(&app, &key, &[]).await.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
