@@ -72,6 +72,9 @@ pub struct LimitConfig {
     pub rpm: Option<u32>,
     /// Requests in flight at once.
     pub concurrency: Option<u32>,
+    /// Tokens per minute (prompt estimate plus the completion asked for,
+    /// settled against the usage reported).
+    pub tpm: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -71,9 +71,35 @@ fn admission(c: &mut Criterion) {
             (Level::Tenant, "acme".into(), u32::MAX),
         ],
         concurrency: vec![(Level::Key, "k".into(), 1_000)],
+        tokens: vec![],
     };
     c.bench_function("admit: three rates and a concurrency limit", |b| {
         b.iter(|| limiter.admit(&limits, std::time::Instant::now()).is_ok())
+    });
+    let with_tokens = Applicable {
+        tokens: vec![
+            (Level::Key, "k".into(), u32::MAX),
+            (Level::Tenant, "acme".into(), u32::MAX),
+        ],
+        ..limits.clone()
+    };
+    c.bench_function("admit: the same and two token rates, settled", |b| {
+        b.iter(|| {
+            let a = limiter
+                .admit_with(&with_tokens, 1_500, std::time::Instant::now())
+                .unwrap();
+            if let Some(charge) = &a.charge {
+                limiter.settle(charge, 300);
+            }
+        })
+    });
+    let prompt = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":{}}}]}}"#,
+        serde_json::to_string(&"The committee met on Tuesday to review the roadmap. ".repeat(70)).unwrap()
+    );
+    palisade_server::limits::estimate_prompt(prompt.as_bytes(), true);
+    c.bench_function("estimate a 3.6 KiB prompt (o200k_base)", |b| {
+        b.iter(|| palisade_server::limits::estimate_prompt(prompt.as_bytes(), true))
     });
 }
 

@@ -36,6 +36,8 @@ pub struct Applicable {
     pub rates: Vec<(Level, String, u32)>,
     /// (level, who, concurrent requests)
     pub concurrency: Vec<(Level, String, u32)>,
+    /// (level, who, tokens per minute)
+    pub tokens: Vec<(Level, String, u32)>,
 }
 
 /// The state of the tightest rate after an admission, for the
@@ -56,6 +58,13 @@ pub enum Refusal {
         retry_after: Duration,
         status: RateStatus,
     },
+    /// Over a token rate; try again after `retry_after` (`None`: the
+    /// request alone asks for more than the whole limit).
+    Tokens {
+        level: Level,
+        retry_after: Option<Duration>,
+        status: RateStatus,
+    },
     /// Over a concurrency limit.
     Concurrency { level: Level, limit: u32 },
 }
@@ -64,26 +73,21 @@ impl Refusal {
     /// The audit record's reason.
     pub fn reason(self) -> &'static str {
         match self {
-            Self::Rate {
-                level: Level::Key, ..
-            } => "rate_limited_key",
-            Self::Rate {
-                level: Level::App, ..
-            } => "rate_limited_app",
-            Self::Rate {
-                level: Level::Tenant,
-                ..
-            } => "rate_limited_tenant",
-            Self::Concurrency {
-                level: Level::Key, ..
-            } => "concurrency_limited_key",
-            Self::Concurrency {
-                level: Level::App, ..
-            } => "concurrency_limited_app",
-            Self::Concurrency {
-                level: Level::Tenant,
-                ..
-            } => "concurrency_limited_tenant",
+            Self::Rate { level, .. } => match level {
+                Level::Key => "rate_limited_key",
+                Level::App => "rate_limited_app",
+                Level::Tenant => "rate_limited_tenant",
+            },
+            Self::Tokens { level, .. } => match level {
+                Level::Key => "token_limited_key",
+                Level::App => "token_limited_app",
+                Level::Tenant => "token_limited_tenant",
+            },
+            Self::Concurrency { level, .. } => match level {
+                Level::Key => "concurrency_limited_key",
+                Level::App => "concurrency_limited_app",
+                Level::Tenant => "concurrency_limited_tenant",
+            },
         }
     }
 }
@@ -125,34 +129,67 @@ impl Plan {
         app: &str,
     ) -> Applicable {
         let mut out = Applicable::default();
-        let mut add = |level: Level, who: String, rpm: Option<u32>, concurrency: Option<u32>| {
+        let mut add = |level: Level, who: String, l: (Option<u32>, Option<u32>, Option<u32>)| {
+            let (rpm, concurrency, tpm) = l;
             if let Some(r) = rpm {
                 out.rates.push((level, who.clone(), r));
+            }
+            if let Some(t) = tpm {
+                out.tokens.push((level, who.clone(), t));
             }
             if let Some(c) = concurrency {
                 out.concurrency.push((level, who, c));
             }
         };
-        add(Level::Key, key.to_owned(), scope.rpm, scope.concurrency);
+        add(
+            Level::Key,
+            key.to_owned(),
+            (scope.rpm, scope.concurrency, scope.tpm),
+        );
         if let Some((limits, apps)) = self.tenants.get(tenant) {
             if let Some(a) = apps.get(app) {
-                add(Level::App, format!("{tenant}/{app}"), a.rpm, a.concurrency);
+                add(
+                    Level::App,
+                    format!("{tenant}/{app}"),
+                    (a.rpm, a.concurrency, a.tpm),
+                );
             }
             add(
                 Level::Tenant,
                 tenant.to_owned(),
-                limits.rpm,
-                limits.concurrency,
+                (limits.rpm, limits.concurrency, limits.tpm),
             );
         }
         out
     }
 }
 
+/// What an admitted request reserved of its token rates, settled against
+/// the usage the provider reports when the exchange ends.
+#[derive(Debug, Clone)]
+pub struct TokenCharge {
+    /// (level, who) and the time one token is worth there.
+    per: Vec<((Level, String), Duration)>,
+    pub reserved: u64,
+}
+
+/// What admitting a request gives back.
+#[derive(Debug)]
+pub struct Admission {
+    /// The tightest request rate, for `x-ratelimit-*-requests`.
+    pub requests: Option<RateStatus>,
+    /// The tightest token rate, for `x-ratelimit-*-tokens`.
+    pub tokens: Option<RateStatus>,
+    pub slots: Slots,
+    pub charge: Option<TokenCharge>,
+}
+
 #[derive(Default)]
 pub struct Limiter {
     /// Theoretical arrival time per (level, who).
     tat: Mutex<HashMap<(Level, String), Instant>>,
+    /// The same for token rates.
+    token_tat: Mutex<HashMap<(Level, String), Instant>>,
     in_flight: Arc<Mutex<HashMap<(Level, String), u32>>>,
 }
 
@@ -184,6 +221,127 @@ impl Drop for Slots {
 const MAX_TRACKED: usize = 100_000;
 
 impl Limiter {
+    /// Admits a request costing `tokens` (its prompt estimate plus the
+    /// completion it may ask for) at `now`, or says which limit refuses
+    /// it. Nothing is charged on a refusal.
+    pub fn admit_with(
+        &self,
+        limits: &Applicable,
+        tokens: u64,
+        now: Instant,
+    ) -> Result<Admission, Refusal> {
+        // Tokens are checked first and charged only once the rest passes.
+        let token_plan = self.check_tokens(limits, tokens, now)?;
+        let (requests, slots) = self.admit(limits, now)?;
+        let (status, charge) = match token_plan {
+            Some((status, next, charge)) => {
+                let mut tat = self.token_tat.lock().unwrap_or_else(|p| p.into_inner());
+                for (k, t) in next {
+                    tat.insert(k, t);
+                }
+                (Some(status), Some(charge))
+            }
+            None => (None, None),
+        };
+        Ok(Admission {
+            requests,
+            tokens: status,
+            slots,
+            charge,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check_tokens(
+        &self,
+        limits: &Applicable,
+        cost: u64,
+        now: Instant,
+    ) -> Result<Option<(RateStatus, Vec<((Level, String), Instant)>, TokenCharge)>, Refusal> {
+        if limits.tokens.is_empty() {
+            return Ok(None);
+        }
+        let mut tat = self.token_tat.lock().unwrap_or_else(|p| p.into_inner());
+        if tat.len() >= MAX_TRACKED {
+            tat.retain(|_, t| *t > now);
+        }
+        let mut tightest: Option<RateStatus> = None;
+        let mut next = Vec::new();
+        let mut per = Vec::new();
+        for (level, who, tpm) in &limits.tokens {
+            let tpm = (*tpm).max(1);
+            let interval = Duration::from_secs(60) / tpm;
+            let burst = interval * tpm;
+            let current = tat
+                .get(&(*level, who.clone()))
+                .copied()
+                .unwrap_or(now)
+                .max(now);
+            let spent = interval.saturating_mul(u32::try_from(cost).unwrap_or(u32::MAX));
+            let new_tat = current + spent;
+            let ahead = new_tat - now;
+            let remaining_now = u32::try_from(
+                (burst.saturating_sub(current - now)).as_nanos() / interval.as_nanos().max(1),
+            )
+            .unwrap_or(u32::MAX);
+            if ahead > burst {
+                let status = RateStatus {
+                    limit: tpm,
+                    remaining: remaining_now,
+                    reset: current - now,
+                };
+                let retry_after = (cost <= u64::from(tpm)).then(|| ahead - burst);
+                return Err(Refusal::Tokens {
+                    level: *level,
+                    retry_after,
+                    status,
+                });
+            }
+            let remaining = u32::try_from((burst - ahead).as_nanos() / interval.as_nanos().max(1))
+                .unwrap_or(u32::MAX);
+            let status = RateStatus {
+                limit: tpm,
+                remaining,
+                reset: ahead,
+            };
+            if tightest.is_none_or(|t| remaining < t.remaining) {
+                tightest = Some(status);
+            }
+            next.push(((*level, who.clone()), new_tat));
+            per.push(((*level, who.clone()), interval));
+        }
+        Ok(tightest.map(|t| {
+            (
+                t,
+                next,
+                TokenCharge {
+                    per,
+                    reserved: cost,
+                },
+            )
+        }))
+    }
+
+    /// Settles a reservation against what the request really used: the
+    /// difference is given back (or taken).
+    pub fn settle(&self, charge: &TokenCharge, used: u64) {
+        let mut tat = self.token_tat.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, interval) in &charge.per {
+            let Some(t) = tat.get_mut(key) else {
+                continue;
+            };
+            if used >= charge.reserved {
+                let extra = u32::try_from(used - charge.reserved).unwrap_or(u32::MAX);
+                *t += interval.saturating_mul(extra);
+            } else {
+                let refund = u32::try_from(charge.reserved - used).unwrap_or(u32::MAX);
+                if let Some(earlier) = t.checked_sub(interval.saturating_mul(refund)) {
+                    *t = earlier;
+                }
+            }
+        }
+    }
+
     /// Admits a request at `now` or says which limit refuses it.
     pub fn admit(
         &self,
@@ -261,6 +419,35 @@ impl Limiter {
     }
 }
 
+/// What a request that sets no bound is assumed to ask for, for token
+/// rates, until its usage settles it.
+pub const DEFAULT_COMPLETION_RESERVE: u64 = 1024;
+
+/// The prompt's tokens: every string a provider would see, counted with
+/// OpenAI's `o200k_base` encoding for OpenAI-kind providers, and estimated
+/// as one token per four bytes for others (their tokenizers are not
+/// public; the reservation is settled against the usage they report).
+pub fn estimate_prompt(body: &[u8], openai: bool) -> u64 {
+    let mut text = String::new();
+    let _ = palisade_dlp::json::rewrite_strings(
+        body,
+        palisade_dlp::json::MAX_DEPTH,
+        &palisade_dlp::json::structural,
+        &mut |s| {
+            text.push_str(s);
+            text.push('\n');
+            None
+        },
+    );
+    if openai {
+        tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(&text)
+            .len() as u64
+    } else {
+        (text.len() as u64).div_ceil(4)
+    }
+}
+
 /// `6m0s`, `1s`, `120ms`: the duration form OpenAI's reset headers use.
 pub fn reset_header(d: Duration) -> String {
     let ms = d.as_millis();
@@ -284,8 +471,42 @@ mod tests {
     fn rate(who: &str, rpm: u32) -> Applicable {
         Applicable {
             rates: vec![(Level::Key, who.into(), rpm)],
-            concurrency: vec![],
+            ..Applicable::default()
         }
+    }
+
+    #[test]
+    fn token_rates_reserve_then_settle() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        let limits = Applicable {
+            tokens: vec![(Level::Key, "k".into(), 6000)],
+            ..Applicable::default()
+        };
+        // 5000 reserved: 1000 left.
+        let a = l.admit_with(&limits, 5000, t0).unwrap();
+        assert_eq!(a.tokens.unwrap().remaining, 1000);
+        let Err(Refusal::Tokens { retry_after, .. }) = l.admit_with(&limits, 2000, t0) else {
+            panic!("2000 more must wait");
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(10)));
+        // The request used only 500: 4500 come back.
+        l.settle(a.charge.as_ref().unwrap(), 500);
+        let b = l.admit_with(&limits, 2000, t0).unwrap();
+        assert_eq!(b.tokens.unwrap().remaining, 3500);
+        // More than the whole limit can never pass.
+        let Err(Refusal::Tokens { retry_after, .. }) = l.admit_with(&limits, 7000, t0) else {
+            panic!("too large");
+        };
+        assert_eq!(retry_after, None);
+        // A refusal by tokens charges no request rate.
+        let both = Applicable {
+            rates: vec![(Level::Key, "k".into(), 1)],
+            tokens: vec![(Level::Key, "k".into(), 6000)],
+            ..Applicable::default()
+        };
+        assert!(l.admit_with(&both, 99_999, t0).is_err());
+        assert!(l.admit_with(&both, 1, t0).is_ok());
     }
 
     #[test]
@@ -323,7 +544,7 @@ mod tests {
                 (Level::Key, "k".into(), 100),
                 (Level::Tenant, "t".into(), 2),
             ],
-            concurrency: vec![],
+            ..Applicable::default()
         };
         let (status, _) = l.admit(&limits, t0).unwrap();
         assert_eq!(status.unwrap().limit, 2);
@@ -339,8 +560,8 @@ mod tests {
     fn concurrency_slots_come_back_when_the_request_ends() {
         let l = Limiter::default();
         let limits = Applicable {
-            rates: vec![],
             concurrency: vec![(Level::App, "a".into(), 2)],
+            ..Applicable::default()
         };
         let now = Instant::now();
         let a = l.admit(&limits, now).unwrap();

@@ -70,6 +70,9 @@ pub struct KeyRequest {
     /// Requests in flight at once for this key.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Tokens per minute for this key.
+    #[serde(default)]
+    pub tpm: Option<u32>,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
@@ -137,6 +140,7 @@ pub fn new_key(
             client_cert: req.client_cert_sha256,
             rpm: req.rpm,
             concurrency: req.concurrency,
+            tpm: req.tpm,
         },
         expires_at,
         owner: req.owner,
@@ -425,6 +429,7 @@ pub fn key_json(k: &KeyRecord, now: i64) -> Value {
             "max_tokens": k.scope.max_tokens,
             "client_cert_sha256": k.scope.client_cert,
             "rpm": k.scope.rpm,
+            "tpm": k.scope.tpm,
             "concurrency": k.scope.concurrency,
         },
         "expires_at": k.expires_at.map(rfc3339),

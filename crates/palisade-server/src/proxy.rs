@@ -165,9 +165,18 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         })
     }
     // The key's scope first: nothing is scanned for a request refused anyway.
-    authorize(&principal, &mut parse(&body, endpoint)?, endpoint)?;
+    let (asked, openai) = {
+        let mut first = parse(&body, endpoint)?;
+        authorize(&principal, &mut first, endpoint)?;
+        let openai = state
+            .registry()
+            .model(first.model())
+            .is_some_and(|m| m.provider().kind() == palisade_config::ProviderKind::Openai);
+        (first.max_tokens(), openai)
+    };
 
-    // Rates and concurrency: the key's, its application's, its tenant's.
+    // Rates, tokens and concurrency: the key's, its application's, its
+    // tenant's.
     let (plan, limiter) = state.limits();
     let applicable = plan.applicable(
         principal.key_id().as_str(),
@@ -175,10 +184,20 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         principal.tenant(),
         principal.app(),
     );
-    let (rate, slots) = match limiter.admit(&applicable, Instant::now()) {
+    let cost = if applicable.tokens.is_empty() {
+        0
+    } else {
+        let completion = match endpoint {
+            Endpoint::Embeddings => 0,
+            _ => asked.unwrap_or(crate::limits::DEFAULT_COMPLETION_RESERVE),
+        };
+        crate::limits::estimate_prompt(&body, openai) + completion
+    };
+    let admission = match limiter.admit_with(&applicable, cost, Instant::now()) {
         Ok(admitted) => admitted,
         Err(refused) => return Err(rate_refusal(refused, dialect)),
     };
+    let (rate, token_rate) = (admission.requests, admission.tokens);
 
     // Data protection, on every string the provider would see.
     let protection = Arc::clone(state.protections().for_tenant(principal.tenant()));
@@ -310,7 +329,8 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
 
     // From here on the exchange records its own end, however it ends.
     let mut completion = Completion::new_limited(
-        slots,
+        admission.slots,
+        admission.charge,
         state.clone(),
         Exchange {
             request_id: request_id.as_str().to_owned(),
@@ -440,7 +460,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     let mut response = response
         .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "cannot build the response"))?;
     if let Some(rate) = rate {
-        rate_headers(response.headers_mut(), rate);
+        rate_headers(response.headers_mut(), "requests", rate);
+    }
+    if let Some(rate) = token_rate {
+        rate_headers(response.headers_mut(), "tokens", rate);
     }
     response.extensions_mut().insert(DeferredCompletion);
     response
@@ -449,15 +472,20 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     Ok(response)
 }
 
-/// The request-rate headers OpenAI's clients read.
-fn rate_headers(headers: &mut HeaderMap, rate: crate::limits::RateStatus) {
-    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(rate.limit));
-    headers.insert(
-        "x-ratelimit-remaining-requests",
-        HeaderValue::from(rate.remaining),
-    );
-    if let Ok(v) = HeaderValue::from_str(&crate::limits::reset_header(rate.reset)) {
-        headers.insert("x-ratelimit-reset-requests", v);
+/// The rate headers OpenAI's clients read (`what`: requests or tokens).
+fn rate_headers(headers: &mut HeaderMap, what: &str, rate: crate::limits::RateStatus) {
+    let name = |n: &str| HeaderName::try_from(format!("x-ratelimit-{n}-{what}"));
+    if let Ok(h) = name("limit") {
+        headers.insert(h, HeaderValue::from(rate.limit));
+    }
+    if let Ok(h) = name("remaining") {
+        headers.insert(h, HeaderValue::from(rate.remaining));
+    }
+    if let (Ok(h), Ok(v)) = (
+        name("reset"),
+        HeaderValue::from_str(&crate::limits::reset_header(rate.reset)),
+    ) {
+        headers.insert(h, v);
     }
 }
 
@@ -482,6 +510,33 @@ fn rate_refusal(refused: crate::limits::Refusal, dialect: Dialect) -> ApiError {
         )
         .with_retry_after(retry_after)
         .with_rate(status),
+        Refusal::Tokens {
+            level,
+            retry_after,
+            status,
+        } => {
+            let e = ApiError::new(
+                ErrorKind::RateLimited,
+                dialect,
+                match retry_after {
+                    Some(after) => format!(
+                        "token rate limit reached: {} tokens per minute for this {}; try again in {}",
+                        status.limit,
+                        level.as_str(),
+                        crate::limits::reset_header(after)
+                    ),
+                    None => format!(
+                        "this request asks for more tokens than this {}'s whole limit of {} per minute; lower max_tokens or the prompt",
+                        level.as_str(),
+                        status.limit
+                    ),
+                },
+            );
+            match retry_after {
+                Some(after) => e.with_retry_after(after),
+                None => e,
+            }
+        }
         Refusal::Concurrency { level, limit } => ApiError::new(
             ErrorKind::RateLimited,
             dialect,

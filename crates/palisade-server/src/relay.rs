@@ -97,13 +97,22 @@ pub struct Completion {
     response_detections: Option<serde_json::Value>,
     /// Concurrency slots, given back when the exchange ends.
     _slots: Option<crate::limits::Slots>,
+    /// Tokens reserved, settled against the usage reported at the end.
+    charge: Option<crate::limits::TokenCharge>,
 }
 
 impl Completion {
-    /// An exchange holding concurrency `slots` until it ends.
-    pub fn new_limited(slots: crate::limits::Slots, state: AppState, exchange: Exchange) -> Self {
+    /// An exchange holding concurrency `slots` until it ends, and a token
+    /// `charge` to settle then.
+    pub fn new_limited(
+        slots: crate::limits::Slots,
+        charge: Option<crate::limits::TokenCharge>,
+        state: AppState,
+        exchange: Exchange,
+    ) -> Self {
         let mut c = Self::new(state, exchange);
         c._slots = Some(slots);
+        c.charge = charge;
         c
     }
 
@@ -118,6 +127,7 @@ impl Completion {
             recorded: false,
             response_detections: None,
             _slots: None,
+            charge: None,
         }
     }
 
@@ -198,6 +208,14 @@ impl Completion {
                     kind: "completion",
                 })
                 .inc_by(u.completion_tokens);
+        }
+        // Tokens reserved at admission are settled against the usage the
+        // provider reported; without a report the reservation stands.
+        if let (Some(charge), Some(u)) = (self.charge.take(), usage.as_ref()) {
+            self.state
+                .limits()
+                .1
+                .settle(&charge, u.prompt_tokens + u.completion_tokens);
         }
         let usage = usage.unwrap_or_default();
         let error = match outcome {

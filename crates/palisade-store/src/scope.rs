@@ -34,6 +34,9 @@ pub struct Scope {
     /// Requests in flight at once for this key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Tokens per minute for this key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
 }
 
 impl Default for Scope {
@@ -46,6 +49,7 @@ impl Default for Scope {
             client_cert: None,
             rpm: None,
             concurrency: None,
+            tpm: None,
         }
     }
 }
@@ -60,7 +64,7 @@ pub enum ScopeError {
         "{0:?} is not a network (use CIDR such as 10.0.0.0/8 or 2001:db8::/32, or one address)"
     )]
     BadNetwork(String),
-    #[error("max_tokens, rpm and concurrency must be at least 1")]
+    #[error("max_tokens, rpm, tpm and concurrency must be at least 1")]
     BadMaxTokens,
     #[error("a client certificate fingerprint is 64 lowercase hex characters (SHA-256)")]
     BadFingerprint,
@@ -80,7 +84,7 @@ impl Scope {
                 return Err(ScopeError::BadModel(m.clone()));
             }
         }
-        if self.max_tokens == Some(0) || self.rpm == Some(0) || self.concurrency == Some(0) {
+        if [self.max_tokens, self.rpm, self.concurrency, self.tpm].contains(&Some(0)) {
             return Err(ScopeError::BadMaxTokens);
         }
         if let Some(fp) = &self.client_cert

@@ -673,6 +673,7 @@ mod tests {
             client_cert: Some("0f".repeat(32)),
             rpm: Some(60),
             concurrency: Some(4),
+            tpm: Some(40_000),
         };
         new.expires_at = Some(5000);
         new.owner = Some("search-team".into());

@@ -267,6 +267,9 @@ pub enum KeysCommand {
         /// Requests in flight at once for this key.
         #[arg(long)]
         concurrency: Option<u32>,
+        /// Tokens per minute for this key.
+        #[arg(long)]
+        tpm: Option<u32>,
         /// Bind the key to this client certificate (PEM): over mutual TLS,
         /// the key works only with it.
         #[arg(long)]

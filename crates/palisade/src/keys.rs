@@ -126,6 +126,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             max_tokens,
             rpm,
             concurrency,
+            tpm,
             cert,
             owner,
             ticket,
@@ -146,6 +147,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 client_cert_sha256,
                 rpm,
                 concurrency,
+                tpm,
                 owner,
                 ticket,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -468,6 +470,7 @@ fn key_request_json(r: &KeyRequest) -> Value {
     set("client_cert_sha256", json!(r.client_cert_sha256));
     set("rpm", json!(r.rpm));
     set("concurrency", json!(r.concurrency));
+    set("tpm", json!(r.tpm));
     set("owner", json!(r.owner));
     set("ticket", json!(r.ticket));
     if !r.labels.is_empty() {

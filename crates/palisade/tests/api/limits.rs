@@ -87,7 +87,7 @@ async fn the_tightest_of_key_app_and_tenant_wins() {
             dlp: Default::default(),
             limits: LimitConfig {
                 rpm: Some(2),
-                concurrency: None,
+                ..LimitConfig::default()
             },
             apps: vec![],
         }];
@@ -157,4 +157,66 @@ async fn concurrency_slots_are_held_until_the_stream_ends() {
         assert!(std::time::Instant::now() < deadline, "slot never released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn token_rates_reserve_the_request_and_settle_on_its_usage() {
+    let app = spawn_app().await;
+    let key = key_with(
+        &app,
+        Scope {
+            tpm: Some(2000),
+            ..Scope::default()
+        },
+    )
+    .await;
+    let auth = format!("Bearer {key}");
+    let ask = |max: u32| {
+        format!(
+            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hello there"}}]}}"#
+        )
+    };
+    let send = |body: String| {
+        let auth = auth.clone();
+        let app = &app;
+        async move {
+            app.send(
+                http::Method::POST,
+                &app.url("/v1/chat/completions"),
+                &[("authorization", &auth)],
+                body,
+            )
+            .await
+        }
+    };
+    let r = send(ask(1000)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-ratelimit-limit-tokens"),
+        Some("2000"),
+        "{:?}",
+        r.headers
+    );
+    let remaining: u32 = r
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((990..1000).contains(&remaining), "{remaining}");
+    // The answer used a few dozen tokens, not 1000: the rest came back, so
+    // 1500 more fit.
+    let r = send(ask(1500)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Now 1500 are reserved until this one settles too — it has; but a
+    // request for more than the whole limit never fits.
+    let r = send(ask(5000)).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_none());
+    assert!(r.text().contains("whole limit"), "{}", r.text());
+    let entries = app.ledger_entries().await;
+    let denied = entries
+        .iter()
+        .find(|e| e["kind"] == "request.denied")
+        .unwrap();
+    assert_eq!(denied["reason"], "token_limited_key");
 }
