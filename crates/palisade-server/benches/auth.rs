@@ -95,7 +95,8 @@ fn admission(c: &mut Criterion) {
     });
     let prompt = format!(
         r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":{}}}]}}"#,
-        serde_json::to_string(&"The committee met on Tuesday to review the roadmap. ".repeat(70)).unwrap()
+        serde_json::to_string(&"The committee met on Tuesday to review the roadmap. ".repeat(70))
+            .unwrap()
     );
     palisade_server::limits::estimate_prompt(prompt.as_bytes(), true);
     c.bench_function("estimate a 3.6 KiB prompt (o200k_base)", |b| {
