@@ -232,6 +232,13 @@ pub fn api() -> Vec<ApiRoute> {
         .with_body(ticket_schema),
         ApiRoute::new(
             Method::GET,
+            "/usage",
+            Read,
+            "Requests and tokens per day, tenant, app, key and model (from, to, format=json|csv); recorded as a read",
+            get(usage),
+        ),
+        ApiRoute::new(
+            Method::GET,
             "/audit/search",
             Read,
             "Search the audit ledger's index (from, to, kind, tenant, app, env, key, model, status, request_id, limit); recorded as a read",
@@ -799,6 +806,51 @@ async fn audit_entry(
             "not_found",
             format!("no checkpointed entry {seq}: {e}"),
         )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    Extension(p): Extension<AdminPrincipal>,
+    Query(q): Query<UsageQuery>,
+) -> Result<Response, AdminError> {
+    let journal = state.audit().journal();
+    let rows = crate::usage::report(
+        state.auth().store().as_ref(),
+        journal.dir(),
+        journal.verifier_key(),
+        q.from.clone(),
+        q.to.clone(),
+    )
+    .await
+    .map_err(|e| {
+        AdminError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
+    record_read(
+        &state,
+        &p,
+        json!({"usage": {"from": q.from, "to": q.to}, "rows": rows.len()}),
+    );
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(json!({"usage": rows})).into_response()),
+        Some("csv") => Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::usage::csv(&rows),
+        )
+            .into_response()),
+        Some(_) => Err(AdminError::invalid("format must be json or csv")),
     }
 }
 

@@ -24,6 +24,7 @@ mod routes;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 
 pub use app::{Application, BuildError, Dependencies, admin_router, proxy_router};
 pub use state::AppState;

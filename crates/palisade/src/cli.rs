@@ -45,6 +45,22 @@ pub enum Command {
     Audit(AuditCommand),
     /// Run the deterministic mock provider (for tests and benchmarks).
     Mock(MockArgs),
+    /// Requests and tokens per day, tenant, application, key and model,
+    /// from the ledger.
+    Usage {
+        /// Start, inclusive: RFC 3339 time or date.
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Measure data-protection quality: precision, recall and F1 per entity
     /// on a seeded, labelled corpus.
     DlpEval(DlpEvalArgs),
@@ -444,6 +460,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => crate::audit::run(cmd).await,
         Command::Mock(args) => crate::serve::mock(args).await,
         Command::DlpEval(args) => dlp_eval(&args),
+        Command::Usage {
+            from,
+            to,
+            json,
+            csv,
+            target,
+        } => crate::keys::usage(from, to, json, csv, &target).await,
     }
 }
 

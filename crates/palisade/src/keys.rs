@@ -535,3 +535,81 @@ fn print_review_json(v: &Value) {
         );
     }
 }
+
+/// `palisade usage`: requests and tokens per day, tenant, app, key and model.
+pub async fn usage(
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+    csv: bool,
+    target: &Target,
+) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(f) = &from {
+        query.push(format!("from={f}"));
+    }
+    if let Some(t) = &to {
+        query.push(format!("to={t}"));
+    }
+    let rows: Vec<Value> = match &target.url {
+        Some(url) => {
+            let remote = Remote::new(url)?;
+            if csv {
+                query.push("format=csv".into());
+                print!(
+                    "{}",
+                    remote
+                        .get_text(&format!("/usage?{}", query.join("&")))
+                        .await?
+                );
+                return Ok(());
+            }
+            let v = remote.get(&format!("/usage?{}", query.join("&"))).await?;
+            v["usage"].as_array().cloned().unwrap_or_default()
+        }
+        None => {
+            let config = target.store.config()?;
+            let data_dir = &config.server.data_dir;
+            let key = palisade_ledger::LedgerKey::load(&palisade_server::audit::key_path(data_dir))
+                .context(
+                    "no ledger yet: `palisade init` or the first `palisade serve` creates it",
+                )?;
+            let store = SqliteStore::open_in(data_dir)?;
+            let rows = palisade_server::usage::report(
+                &store,
+                &palisade_server::audit::ledger_dir(data_dir),
+                key.verifier_key(),
+                from,
+                to,
+            )
+            .await?;
+            if csv {
+                print!("{}", palisade_server::usage::csv(&rows));
+                return Ok(());
+            }
+            rows.iter().map(|r| json!(r)).collect()
+        }
+    };
+    if json {
+        println!("{}", json!({ "usage": rows }));
+        return Ok(());
+    }
+    println!(
+        "{:<10}  {:<12}  {:<12}  {:<12}  {:<16}  {:>8}  {:>10}  {:>10}",
+        "day", "tenant", "app", "key", "model", "requests", "prompt", "completion"
+    );
+    for r in &rows {
+        println!(
+            "{:<10}  {:<12}  {:<12}  {:<12}  {:<16}  {:>8}  {:>10}  {:>10}",
+            s(&r["day"]),
+            s(&r["tenant"]),
+            s(&r["app"]),
+            s(&r["key_id"]),
+            s(&r["model"]),
+            s(&r["requests"]),
+            s(&r["prompt_tokens"]),
+            s(&r["completion_tokens"])
+        );
+    }
+    Ok(())
+}

@@ -289,6 +289,19 @@ async fn serve_writes_the_ready_file_proxies_and_stops_on_sigterm() {
         .to_owned();
     assert!(vkey.contains("/palisade/"), "{vkey}");
 
+    // Usage, from the ledger, on the data directory.
+    let out = palisade(dir.path(), &["usage", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let usage: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(usage["usage"][0]["model"], "smol", "{usage}");
+    assert_eq!(usage["usage"][0]["requests"], 2, "{usage}");
+    let out = palisade(dir.path(), &["usage", "--csv", "--from", "2000-01-01"]);
+    assert!(
+        stdout(&out).starts_with("day,tenant,app"),
+        "{}",
+        stdout(&out)
+    );
+
     // The checkpoint left behind is a valid "earlier" checkpoint for itself.
     let out = palisade(
         dir.path(),

@@ -220,3 +220,65 @@ async fn token_rates_reserve_the_request_and_settle_on_its_usage() {
         .unwrap();
     assert_eq!(denied["reason"], "token_limited_key");
 }
+
+#[tokio::test]
+async fn usage_reports_come_from_the_ledger() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        assert_eq!(chat(&app, &app.key, &[]).await.status, 200);
+    }
+    let r = app
+        .post_anthropic(
+            r#"{"model":"claude-test","max_tokens":8,"messages":[]}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    app.ledger_entries().await;
+    let token = app
+        .admin_token(palisade_store::Role::Auditor, "finance")
+        .await;
+    let auth = format!("Bearer {token}");
+    let r = app
+        .send(
+            http::Method::GET,
+            &format!("http://{}/admin/v1/usage?from=2000-01-01", app.admin),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rows = r.json()["usage"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let gpt = rows.iter().find(|r| r["model"] == "gpt-test").unwrap();
+    assert_eq!(gpt["requests"], 3);
+    assert_eq!(gpt["tenant"], "acme");
+    assert_eq!(gpt["app"], "tests");
+    assert_eq!(
+        gpt["completion_tokens"],
+        3 * 12,
+        "the mock replies with 12 words"
+    );
+    assert!(gpt["prompt_tokens"].as_u64().unwrap() > 0);
+    let r = app
+        .send(
+            http::Method::GET,
+            &format!("http://{}/admin/v1/usage?format=csv", app.admin),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    assert!(
+        r.text().starts_with("day,tenant,app,key_id,model,requests"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.text().lines().count(), 3);
+    // Reading usage is itself on record.
+    let entries = app.ledger_entries().await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "audit.read" && e["read"]["usage"].is_object())
+    );
+}
