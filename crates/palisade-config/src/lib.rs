@@ -383,6 +383,24 @@ pub struct ModelConfig {
     /// The model name sent upstream; defaults to `name`.
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// What a million tokens cost, for usage reports and budgets.
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+/// Prices per million tokens, in the operator's currency.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    /// The cost of a request's tokens.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input + completion_tokens as f64 * self.output) / 1e6
+    }
 }
 
 impl ModelConfig {
@@ -868,6 +886,14 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
             push(
                 at("provider"),
                 format!("no [[providers]] entry is named `{}`", m.provider),
+            );
+        }
+        if let Some(p) = &m.price
+            && !(p.input.is_finite() && p.output.is_finite() && p.input >= 0.0 && p.output >= 0.0)
+        {
+            push(
+                at("price"),
+                "input and output must be prices of zero or more".into(),
             );
         }
         if let Some(u) = &m.upstream_model

@@ -296,3 +296,14 @@ client_ca_file = "clients.pem"
     let err = Config::from_toml("t", "[server.tls]\ncert_file = \"a\"\n", no_env()).unwrap_err();
     assert!(err.to_string().contains("key_file"), "{err}");
 }
+
+#[test]
+fn model_prices_are_checked() {
+    let ok = format!("{SMALL}price = {{ input = 2.5, output = 10 }}\n");
+    let c = Config::from_toml("t", &ok, no_env()).unwrap();
+    let p = c.models[0].price.unwrap();
+    assert!((p.cost(1_000_000, 500_000) - 7.5).abs() < 1e-9);
+    let bad = format!("{SMALL}price = {{ input = -1, output = 10 }}\n");
+    let err = Config::from_toml("t", &bad, no_env()).unwrap_err();
+    assert_eq!(paths(&err), ["models[0].price"], "{err}");
+}

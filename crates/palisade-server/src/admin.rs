@@ -829,6 +829,7 @@ async fn usage(
         journal.verifier_key(),
         q.from.clone(),
         q.to.clone(),
+        &|m| crate::usage::price_of(state.config(), m),
     )
     .await
     .map_err(|e| {

@@ -11,7 +11,7 @@ use palisade_store::{AuditQuery, Store};
 use serde::Serialize;
 
 /// One line of the report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UsageRow {
     /// `YYYY-MM-DD` (UTC).
     pub day: String,
@@ -23,6 +23,8 @@ pub struct UsageRow {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// From the model's `price` in the configuration; `None` without one.
+    pub cost: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,7 @@ pub async fn report(
     verifier_key: &str,
     from: Option<String>,
     to: Option<String>,
+    prices: &(dyn Fn(&str) -> Option<palisade_config::Price> + Sync),
 ) -> Result<Vec<UsageRow>, UsageError> {
     let size = crate::audit_index::catch_up(store, ledger_dir, verifier_key).await?;
     let seqs = store
@@ -103,13 +106,18 @@ pub async fn report(
         u.completion_tokens += completion;
         u.total_tokens += prompt + completion;
     }
-    Ok(by.into_values().collect())
+    let mut rows: Vec<UsageRow> = by.into_values().collect();
+    for r in &mut rows {
+        r.cost = prices(&r.model)
+            .map(|p| (p.cost(r.prompt_tokens, r.completion_tokens) * 1e6).round() / 1e6);
+    }
+    Ok(rows)
 }
 
 /// The report as CSV, a header line first.
 pub fn csv(rows: &[UsageRow]) -> String {
     let mut out = String::from(
-        "day,tenant,app,key_id,model,requests,prompt_tokens,completion_tokens,total_tokens\r\n",
+        "day,tenant,app,key_id,model,requests,prompt_tokens,completion_tokens,total_tokens,cost\r\n",
     );
     for r in rows {
         let quote = |s: &str| {
@@ -120,7 +128,7 @@ pub fn csv(rows: &[UsageRow]) -> String {
             }
         };
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\r\n",
+            "{},{},{},{},{},{},{},{},{},{}\r\n",
             r.day,
             quote(&r.tenant),
             quote(&r.app),
@@ -129,8 +137,18 @@ pub fn csv(rows: &[UsageRow]) -> String {
             r.requests,
             r.prompt_tokens,
             r.completion_tokens,
-            r.total_tokens
+            r.total_tokens,
+            r.cost.map(|c| c.to_string()).unwrap_or_default()
         ));
     }
     out
+}
+
+/// A model's price from the configuration, by the name clients use.
+pub fn price_of(config: &palisade_config::Config, model: &str) -> Option<palisade_config::Price> {
+    config
+        .models
+        .iter()
+        .find(|m| m.name == model)
+        .and_then(|m| m.price)
 }

@@ -581,6 +581,7 @@ pub async fn usage(
                 key.verifier_key(),
                 from,
                 to,
+                &|m| palisade_server::usage::price_of(&config, m),
             )
             .await?;
             if csv {
@@ -595,12 +596,12 @@ pub async fn usage(
         return Ok(());
     }
     println!(
-        "{:<10}  {:<12}  {:<12}  {:<12}  {:<16}  {:>8}  {:>10}  {:>10}",
-        "day", "tenant", "app", "key", "model", "requests", "prompt", "completion"
+        "{:<10}  {:<12}  {:<12}  {:<12}  {:<16}  {:>8}  {:>10}  {:>10}  {:>10}",
+        "day", "tenant", "app", "key", "model", "requests", "prompt", "completion", "cost"
     );
     for r in &rows {
         println!(
-            "{:<10}  {:<12}  {:<12}  {:<12}  {:<16}  {:>8}  {:>10}  {:>10}",
+            "{:<10}  {:<12}  {:<12}  {:<12}  {:<16}  {:>8}  {:>10}  {:>10}  {:>10}",
             s(&r["day"]),
             s(&r["tenant"]),
             s(&r["app"]),
@@ -608,7 +609,8 @@ pub async fn usage(
             s(&r["model"]),
             s(&r["requests"]),
             s(&r["prompt_tokens"]),
-            s(&r["completion_tokens"])
+            s(&r["completion_tokens"]),
+            s(&r["cost"])
         );
     }
     Ok(())

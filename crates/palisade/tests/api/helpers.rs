@@ -79,6 +79,7 @@ pub fn provider(
 
 pub fn model(name: &str, provider: &str, upstream: &str) -> ModelConfig {
     ModelConfig {
+        price: None,
         name: name.into(),
         provider: provider.into(),
         upstream_model: Some(upstream.into()),

@@ -223,7 +223,13 @@ async fn token_rates_reserve_the_request_and_settle_on_its_usage() {
 
 #[tokio::test]
 async fn usage_reports_come_from_the_ledger() {
-    let app = spawn_app().await;
+    let app = spawn_with(MockOptions::default(), |c| {
+        c.models[0].price = Some(palisade_config::Price {
+            input: 2.5,
+            output: 10.0,
+        });
+    })
+    .await;
     for _ in 0..3 {
         assert_eq!(chat(&app, &app.key, &[]).await.status, 200);
     }
@@ -259,7 +265,13 @@ async fn usage_reports_come_from_the_ledger() {
         3 * 12,
         "the mock replies with 12 words"
     );
-    assert!(gpt["prompt_tokens"].as_u64().unwrap() > 0);
+    let prompt = gpt["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 0);
+    let cost = gpt["cost"].as_f64().unwrap();
+    let expected = (prompt as f64 * 2.5 + 36.0 * 10.0) / 1e6;
+    assert!((cost - expected).abs() < 1e-6, "{cost} vs {expected}");
+    let claude = rows.iter().find(|r| r["model"] == "claude-test").unwrap();
+    assert!(claude["cost"].is_null(), "no price, no cost");
     let r = app
         .send(
             http::Method::GET,
