@@ -717,9 +717,9 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
         for message in palisade_dlp::check_policy(&policy_input(&t.dlp)) {
             push(at("dlp"), message);
         }
-        let zero = |l: &LimitConfig| l.rpm == Some(0) || l.concurrency == Some(0);
+        let zero = |l: &LimitConfig| [l.rpm, l.concurrency, l.tpm].contains(&Some(0));
         const LIMIT_RULE: &str =
-            "rpm and concurrency must be at least 1 (leave them out for no limit)";
+            "rpm, tpm and concurrency must be at least 1 (leave them out for no limit)";
         if zero(&t.limits) {
             push(at("limits"), LIMIT_RULE.into());
         }

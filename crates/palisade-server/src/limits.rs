@@ -665,7 +665,7 @@ apps = [{ name = "bot", limits = { rpm = 60, concurrency = 4 } }]
         assert!(
             palisade_config::Config::from_toml(
                 "t",
-                "[[tenants]]\nname = \"a\"\nlimits = { rpm = 0 }\n",
+                "[[tenants]]\nname = \"a\"\nlimits = { tpm = 0 }\n",
                 Vec::new()
             )
             .is_err()
