@@ -64,8 +64,8 @@ pub struct TenantConfig {
     pub apps: Vec<AppConfig>,
 }
 
-/// Rate and concurrency limits (unset: none at this level).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// Rate and concurrency limits and budgets (unset: none at this level).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitConfig {
     /// Requests per minute.
@@ -75,9 +75,17 @@ pub struct LimitConfig {
     /// Tokens per minute (prompt estimate plus the completion asked for,
     /// settled against the usage reported).
     pub tpm: Option<u32>,
+    /// Tokens per calendar day (UTC).
+    pub daily_tokens: Option<u64>,
+    /// Tokens per calendar month (UTC).
+    pub monthly_tokens: Option<u64>,
+    /// Cost per day, in the currency of the models' prices.
+    pub daily_cost: Option<f64>,
+    /// Cost per month.
+    pub monthly_cost: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub name: String,
@@ -717,9 +725,16 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
         for message in palisade_dlp::check_policy(&policy_input(&t.dlp)) {
             push(at("dlp"), message);
         }
-        let zero = |l: &LimitConfig| [l.rpm, l.concurrency, l.tpm].contains(&Some(0));
+        let zero = |l: &LimitConfig| {
+            [l.rpm, l.concurrency, l.tpm].contains(&Some(0))
+                || [l.daily_tokens, l.monthly_tokens].contains(&Some(0))
+                || [l.daily_cost, l.monthly_cost]
+                    .iter()
+                    .flatten()
+                    .any(|c| !c.is_finite() || *c <= 0.0)
+        };
         const LIMIT_RULE: &str =
-            "rpm, tpm and concurrency must be at least 1 (leave them out for no limit)";
+            "rpm, tpm, concurrency and budgets must be above zero (leave them out for no limit)";
         if zero(&t.limits) {
             push(at("limits"), LIMIT_RULE.into());
         }

@@ -162,6 +162,7 @@ impl Application {
             audit,
             protections,
         );
+        reconcile_budgets(&state, store.as_ref()).await;
         let indexer = (store, INDEX_EVERY);
         Ok(Self {
             proxy,
@@ -261,6 +262,59 @@ impl Application {
         let journal = Arc::clone(self.state.audit().journal());
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         result
+    }
+}
+
+/// Budgets count what this month already spent, read back from the ledger
+/// (through the usage report), so that a restart or a crash loses nothing
+/// that was accounted.
+async fn reconcile_budgets(state: &AppState, store: &dyn Store) {
+    let any = state.config().tenants.iter().any(|t| {
+        std::iter::once(&t.limits)
+            .chain(t.apps.iter().map(|a| &a.limits))
+            .any(|l| {
+                l.daily_tokens.is_some()
+                    || l.monthly_tokens.is_some()
+                    || l.daily_cost.is_some()
+                    || l.monthly_cost.is_some()
+            })
+    });
+    if !any {
+        return;
+    }
+    let (day, month) = crate::budgets::periods(palisade_store::unix_now());
+    let journal = state.audit().journal();
+    let config = state.config();
+    match crate::usage::report(
+        store,
+        journal.dir(),
+        journal.verifier_key(),
+        Some(format!("{month}-01")),
+        None,
+        &|m| crate::usage::price_of(config, m),
+    )
+    .await
+    {
+        Ok(rows) => {
+            let rows: Vec<_> = rows
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.day,
+                        r.tenant,
+                        r.app,
+                        r.key_id,
+                        r.total_tokens,
+                        r.cost.unwrap_or(0.0),
+                    )
+                })
+                .collect();
+            state.budgets().load(&rows, &month, &day);
+            tracing::info!(target: "palisade::limits", rows = rows.len(), "budgets reconciled from the ledger");
+        }
+        Err(e) => {
+            tracing::error!(target: "palisade::limits", error = %e, "budgets not reconciled from the ledger; this month's earlier spending is not counted");
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     ContentBlocked,
     /// Over a request rate or concurrency limit of the key, app or tenant.
     RateLimited,
+    /// A day's or month's budget of the app or tenant is spent.
+    BudgetExceeded,
     ModelNotFound,
     NotFound,
     MethodNotAllowed,
@@ -61,6 +63,7 @@ impl ErrorKind {
             Self::AuthThrottled => "auth_throttled",
             Self::ContentBlocked => "content_blocked",
             Self::RateLimited => "rate_limited",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -82,7 +85,9 @@ impl ErrorKind {
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::ContentBlocked => StatusCode::BAD_REQUEST,
-            Self::AuthThrottled | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::AuthThrottled | Self::RateLimited | Self::BudgetExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamRejected => StatusCode::BAD_REQUEST,
@@ -110,6 +115,7 @@ impl ErrorKind {
             Self::UpstreamRateLimited | Self::AuthThrottled | Self::RateLimited => {
                 "rate_limit_error"
             }
+            Self::BudgetExceeded => "insufficient_quota",
             Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamFailed => {
                 "upstream_error"
             }
@@ -127,7 +133,7 @@ impl ErrorKind {
             Self::BodyTooLarge => "request_too_large",
             Self::MissingKey | Self::InvalidKey => "authentication_error",
             Self::PermissionDenied => "permission_error",
-            Self::AuthThrottled | Self::RateLimited => "rate_limit_error",
+            Self::AuthThrottled | Self::RateLimited | Self::BudgetExceeded => "rate_limit_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::UpstreamRateLimited => "rate_limit_error",
             Self::UpstreamUnreachable
@@ -148,6 +154,7 @@ impl ErrorKind {
             Self::AuthThrottled => Some("auth_throttled"),
             Self::ContentBlocked => Some("content_blocked"),
             Self::RateLimited => Some("rate_limit_exceeded"),
+            Self::BudgetExceeded => Some("budget_exceeded"),
             Self::ModelNotFound => Some("model_not_found"),
             Self::BodyTooLarge => Some("request_too_large"),
             Self::UpstreamUnreachable => Some("upstream_unreachable"),

@@ -8,6 +8,7 @@ pub mod app;
 pub mod audit;
 pub mod audit_index;
 pub mod auth;
+pub mod budgets;
 pub mod error;
 mod health;
 mod ledger_http;

@@ -119,6 +119,27 @@ impl Plan {
         }
     }
 
+    /// The budgets on a key's requests: its application's and its
+    /// tenant's.
+    pub fn budgets(&self, tenant: &str, app: &str) -> Vec<crate::budgets::Budget> {
+        let mut out = Vec::new();
+        if let Some((limits, apps)) = self.tenants.get(tenant) {
+            if let Some(a) = apps.get(app) {
+                out.push(crate::budgets::Budget {
+                    level: Level::App,
+                    who: format!("{tenant}/{app}"),
+                    limits: *a,
+                });
+            }
+            out.push(crate::budgets::Budget {
+                level: Level::Tenant,
+                who: tenant.to_owned(),
+                limits: *limits,
+            });
+        }
+        out
+    }
+
     /// The limits on a key's requests: its own, its application's, its
     /// tenant's.
     pub fn applicable(

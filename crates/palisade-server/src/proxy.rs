@@ -184,18 +184,55 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         principal.tenant(),
         principal.app(),
     );
-    let cost = if applicable.tokens.is_empty() {
-        0
-    } else {
+    let budgets = plan.budgets(principal.tenant(), principal.app());
+    let needs_estimate =
+        !applicable.tokens.is_empty() || budgets.iter().any(crate::budgets::Budget::any);
+    let (cost, price) = if needs_estimate {
         let completion = match endpoint {
             Endpoint::Embeddings => 0,
             _ => asked.unwrap_or(crate::limits::DEFAULT_COMPLETION_RESERVE),
         };
-        crate::limits::estimate_prompt(&body, openai) + completion
+        let prompt = crate::limits::estimate_prompt(&body, openai);
+        let price = model_price(&state, &body, endpoint);
+        ((prompt + completion, prompt, completion), price)
+    } else {
+        ((0, 0, 0), None)
     };
-    let admission = match limiter.admit_with(&applicable, cost, Instant::now()) {
+    // Budgets first, then rates; whichever refuses, nothing stays charged.
+    let periods = crate::budgets::periods(palisade_store::unix_now());
+    let budget = match state.budgets().reserve(
+        &budgets,
+        cost.0,
+        price.map_or(0.0, |p| p.cost(cost.1, cost.2)),
+        (&periods.0, &periods.1),
+    ) {
+        Ok(charge) => charge,
+        Err(exceeded) => {
+            return Err(ApiError::new(
+                ErrorKind::BudgetExceeded,
+                dialect,
+                format!(
+                    "this {}'s budget ({}) is spent; it renews with the next {}",
+                    exceeded.level.as_str(),
+                    exceeded.which,
+                    if exceeded.which.starts_with("daily") {
+                        "day (UTC)"
+                    } else {
+                        "month (UTC)"
+                    }
+                ),
+            )
+            .with_reason(exceeded.reason()));
+        }
+    };
+    let admission = match limiter.admit_with(&applicable, cost.0, Instant::now()) {
         Ok(admitted) => admitted,
-        Err(refused) => return Err(rate_refusal(refused, dialect)),
+        Err(refused) => {
+            if let Some(b) = &budget {
+                state.budgets().settle(b, 0, 0.0);
+            }
+            return Err(rate_refusal(refused, dialect));
+        }
     };
     let (rate, token_rate) = (admission.requests, admission.tokens);
 
@@ -331,6 +368,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     let mut completion = Completion::new_limited(
         admission.slots,
         admission.charge,
+        budget.map(|b| (b, price)),
         state.clone(),
         Exchange {
             request_id: request_id.as_str().to_owned(),
@@ -470,6 +508,16 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .headers_mut()
         .insert(X_AUDIT_SEQ.clone(), seq_header);
     Ok(response)
+}
+
+/// The price of the model a request names, from the configuration.
+fn model_price(
+    state: &AppState,
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Option<palisade_config::Price> {
+    let envelope = Envelope::parse(body, endpoint).ok()?;
+    crate::usage::price_of(state.config(), envelope.model())
 }
 
 /// The rate headers OpenAI's clients read (`what`: requests or tokens).

@@ -99,6 +99,8 @@ pub struct Completion {
     _slots: Option<crate::limits::Slots>,
     /// Tokens reserved, settled against the usage reported at the end.
     charge: Option<crate::limits::TokenCharge>,
+    /// Budgets reserved, and the model's price, settled likewise.
+    budget: Option<(crate::budgets::BudgetCharge, Option<palisade_config::Price>)>,
 }
 
 impl Completion {
@@ -107,12 +109,14 @@ impl Completion {
     pub fn new_limited(
         slots: crate::limits::Slots,
         charge: Option<crate::limits::TokenCharge>,
+        budget: Option<(crate::budgets::BudgetCharge, Option<palisade_config::Price>)>,
         state: AppState,
         exchange: Exchange,
     ) -> Self {
         let mut c = Self::new(state, exchange);
         c._slots = Some(slots);
         c.charge = charge;
+        c.budget = budget;
         c
     }
 
@@ -128,6 +132,7 @@ impl Completion {
             response_detections: None,
             _slots: None,
             charge: None,
+            budget: None,
         }
     }
 
@@ -216,6 +221,12 @@ impl Completion {
                 .limits()
                 .1
                 .settle(&charge, u.prompt_tokens + u.completion_tokens);
+        }
+        if let (Some((charge, price)), Some(u)) = (self.budget.take(), usage.as_ref()) {
+            let cost = price.map_or(0.0, |p| p.cost(u.prompt_tokens, u.completion_tokens));
+            self.state
+                .budgets()
+                .settle(&charge, u.prompt_tokens + u.completion_tokens, cost);
         }
         let usage = usage.unwrap_or_default();
         let error = match outcome {

@@ -27,6 +27,7 @@ struct Inner {
     audit: Audit,
     protections: Protections,
     limits: (crate::limits::Plan, crate::limits::Limiter),
+    budgets: crate::budgets::Budgets,
     draining: AtomicBool,
 }
 
@@ -50,6 +51,7 @@ impl AppState {
                 access_log,
                 audit,
                 limits: (plan, crate::limits::Limiter::default()),
+                budgets: crate::budgets::Budgets::default(),
                 protections,
                 draining: AtomicBool::new(false),
             }),
@@ -84,6 +86,11 @@ impl AppState {
     /// Which limits apply, and their state in this process.
     pub fn limits(&self) -> (&crate::limits::Plan, &crate::limits::Limiter) {
         (&self.inner.limits.0, &self.inner.limits.1)
+    }
+
+    /// Spending against budgets, this month.
+    pub fn budgets(&self) -> &crate::budgets::Budgets {
+        &self.inner.budgets
     }
 
     pub fn access_log(&self) -> &AccessLog {

@@ -294,3 +294,54 @@ async fn usage_reports_come_from_the_ledger() {
             .any(|e| e["kind"] == "audit.read" && e["read"]["usage"].is_object())
     );
 }
+
+#[tokio::test]
+async fn budgets_reserve_settle_and_refuse_with_their_own_error() {
+    let app = spawn_with(MockOptions::default(), |c| {
+        c.tenants = vec![TenantConfig {
+            name: "acme".into(),
+            data_classes: vec![],
+            dlp: Default::default(),
+            limits: LimitConfig {
+                daily_tokens: Some(1500),
+                ..LimitConfig::default()
+            },
+            apps: vec![],
+        }];
+    })
+    .await;
+    let ask = |max: u32| {
+        format!(
+            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    // 1000 reserved, a few dozen used: most of it comes back.
+    assert_eq!(
+        app.post("/v1/chat/completions", &ask(1000)).await.status,
+        200
+    );
+    assert_eq!(
+        app.post("/v1/chat/completions", &ask(1000)).await.status,
+        200
+    );
+    // Now ~100 are spent today; 1400 more would pass the line.
+    let r = app.post("/v1/chat/completions", &ask(1450)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "insufficient_quota");
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    assert!(r.text().contains("daily_tokens"), "{}", r.text());
+    let r = app
+        .post_anthropic(
+            r#"{"model":"claude-test","max_tokens":1450,"messages":[]}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    let entries = app.ledger_entries().await;
+    let denied: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "request.denied")
+        .collect();
+    assert_eq!(denied.len(), 2);
+    assert_eq!(denied[0]["reason"], "budget_exceeded_tenant");
+}
