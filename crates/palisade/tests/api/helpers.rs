@@ -34,6 +34,8 @@ pub struct TestApp {
     pub journal: Arc<palisade_ledger::Journal>,
     /// Reloads the listeners' TLS files, as SIGHUP does in the binary.
     pub tls: palisade_server::app::TlsReloader,
+    /// The configuration it runs with, for [`TestApp::restart`].
+    config: Config,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -145,11 +147,7 @@ pub async fn spawn_prepared<F: std::future::Future<Output = ()>>(
         .await
         .unwrap();
     prepare(store.clone()).await;
-    let env = |name: &str| match name {
-        "MOCK_OPENAI_KEY" => Some(OPENAI_SECRET.to_owned()),
-        "MOCK_ANTHROPIC_KEY" => Some(ANTHROPIC_SECRET.to_owned()),
-        _ => None,
-    };
+    let env = test_env;
     let access = MemorySink::default();
     config.ledger.checkpoint_interval = Duration::from_millis(100);
     let (journal, recovery) = palisade_server::audit::open_journal(&config).unwrap();
@@ -161,7 +159,9 @@ pub async fn spawn_prepared<F: std::future::Future<Output = ()>>(
         recovery,
         config_hash: "test-config".into(),
     };
-    let app = Application::build(config, deps, &env).await.unwrap();
+    let app = Application::build(config.clone(), deps, &env)
+        .await
+        .unwrap();
     let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
     let tls = app.tls_reloader();
     let (tx, rx) = oneshot::channel::<()>();
@@ -178,13 +178,49 @@ pub async fn spawn_prepared<F: std::future::Future<Output = ()>>(
         access,
         journal,
         tls,
+        config,
         client: Client::builder(TokioExecutor::new()).build_http(),
         shutdown: Some(tx),
         task: Some(task),
     }
 }
 
+fn test_env(name: &str) -> Option<String> {
+    match name {
+        "MOCK_OPENAI_KEY" => Some(OPENAI_SECRET.to_owned()),
+        "MOCK_ANTHROPIC_KEY" => Some(ANTHROPIC_SECRET.to_owned()),
+        _ => None,
+    }
+}
+
 impl TestApp {
+    /// Stops the gateway and starts a new one on the same data directory,
+    /// configuration and mock provider (new ports), as a restart would.
+    pub async fn restart(&mut self) {
+        self.shutdown().await.unwrap();
+        let (journal, recovery) = palisade_server::audit::open_journal(&self.config).unwrap();
+        let journal = Arc::new(journal);
+        let deps = Dependencies {
+            store: Arc::new(self.store.clone()),
+            access_log: Arc::new(self.access.clone()),
+            journal: Arc::clone(&journal),
+            recovery,
+            config_hash: "test-config".into(),
+        };
+        let app = Application::build(self.config.clone(), deps, &test_env)
+            .await
+            .unwrap();
+        self.proxy = app.proxy_addr();
+        self.admin = app.admin_addr();
+        self.tls = app.tls_reloader();
+        self.journal = journal;
+        let (tx, rx) = oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        })));
+        self.shutdown = Some(tx);
+    }
+
     /// A new admin principal's token.
     pub async fn admin_token(&self, role: palisade_store::Role, name: &str) -> String {
         let (_, token) = palisade_store::Store::create_admin(

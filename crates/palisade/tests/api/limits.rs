@@ -345,3 +345,36 @@ async fn budgets_reserve_settle_and_refuse_with_their_own_error() {
     assert_eq!(denied.len(), 2);
     assert_eq!(denied[0]["reason"], "budget_exceeded_tenant");
 }
+
+#[tokio::test]
+async fn budgets_survive_a_restart_through_the_ledger() {
+    let mut app = spawn_with(MockOptions::default(), |c| {
+        c.tenants = vec![TenantConfig {
+            name: "acme".into(),
+            data_classes: vec![],
+            dlp: Default::default(),
+            limits: LimitConfig {
+                daily_tokens: Some(1500),
+                ..LimitConfig::default()
+            },
+            apps: vec![],
+        }];
+    })
+    .await;
+    let ask = |max: u32| {
+        format!(
+            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(app.post("/v1/chat/completions", &ask(10)).await.status, 200);
+    }
+    // A few dozen tokens each are spent. After a restart, the new process
+    // knows it from the ledger: a request for nearly the whole budget no
+    // longer fits (it would, had the spending been forgotten).
+    app.restart().await;
+    let r = app.post("/v1/chat/completions", &ask(1440)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    assert_eq!(app.post("/v1/chat/completions", &ask(10)).await.status, 200);
+}
