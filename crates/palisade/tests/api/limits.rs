@@ -378,3 +378,77 @@ async fn budgets_survive_a_restart_through_the_ledger() {
     assert_eq!(r.json()["error"]["code"], "budget_exceeded");
     assert_eq!(app.post("/v1/chat/completions", &ask(10)).await.status, 200);
 }
+
+#[tokio::test]
+async fn streams_settle_on_their_usage_and_disconnects_keep_their_reservation() {
+    let app = spawn_with(MockOptions::default(), |c| {
+        c.tenants = vec![TenantConfig {
+            name: "acme".into(),
+            data_classes: vec![],
+            dlp: Default::default(),
+            limits: LimitConfig {
+                daily_tokens: Some(2500),
+                ..LimitConfig::default()
+            },
+            apps: vec![],
+        }];
+    })
+    .await;
+    let auth = format!("Bearer {}", app.key);
+    let stream = |max: u32| {
+        format!(
+            r#"{{"model":"gpt-test","stream":true,"max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    // A stream that ends: its usage settles the 1000 reserved.
+    let resp = app
+        .open(
+            http::Method::POST,
+            &app.url("/v1/chat/completions"),
+            &[("authorization", &auth)],
+            stream(1000),
+        )
+        .await;
+    read_events(resp.into_body()).await;
+    // A stream the client abandons: no usage reported, its 1000 stay
+    // reserved.
+    let resp = app
+        .open(
+            http::Method::POST,
+            &app.url("/v1/chat/completions"),
+            &[("authorization", &auth), ("x-mock-chunk-delay-ms", "200")],
+            stream(1000),
+        )
+        .await;
+    drop(resp);
+    // Let the gateway notice the disconnect and record the exchange.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let entries = app.ledger_entries().await;
+        if entries
+            .iter()
+            .any(|e| e["kind"] == "request.completed" && e["client_disconnected"] == true)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "disconnect not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Spent: the first stream's few dozen tokens (~33), plus the abandoned
+    // one's ~1001 reserved: ~1034. 1480 more would pass 2500 (they would
+    // fit, had the abandoned stream been refunded); 1300 fit.
+    let ask = |max: u32| {
+        format!(
+            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    let r = app.post("/v1/chat/completions", &ask(1480)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        app.post("/v1/chat/completions", &ask(1300)).await.status,
+        200
+    );
+}
