@@ -279,7 +279,15 @@ async fn reconcile_budgets(state: &AppState, store: &dyn Store) {
                     || l.monthly_cost.is_some()
             })
     });
-    if !any {
+    let keys_have_budgets = || async {
+        store.list_keys().await.is_ok_and(|keys| {
+            keys.iter().any(|k| {
+                k.revoked_at.is_none()
+                    && (k.scope.daily_tokens.is_some() || k.scope.monthly_tokens.is_some())
+            })
+        })
+    };
+    if !any && !keys_have_budgets().await {
         return;
     }
     let (day, month) = crate::budgets::periods(palisade_store::unix_now());

@@ -119,10 +119,27 @@ impl Plan {
         }
     }
 
-    /// The budgets on a key's requests: its application's and its
-    /// tenant's.
-    pub fn budgets(&self, tenant: &str, app: &str) -> Vec<crate::budgets::Budget> {
+    /// The budgets on a key's requests: its own (tokens), its
+    /// application's and its tenant's.
+    pub fn budgets(
+        &self,
+        key: &str,
+        scope: &palisade_store::Scope,
+        tenant: &str,
+        app: &str,
+    ) -> Vec<crate::budgets::Budget> {
         let mut out = Vec::new();
+        if scope.daily_tokens.is_some() || scope.monthly_tokens.is_some() {
+            out.push(crate::budgets::Budget {
+                level: Level::Key,
+                who: key.to_owned(),
+                limits: palisade_config::LimitConfig {
+                    daily_tokens: scope.daily_tokens,
+                    monthly_tokens: scope.monthly_tokens,
+                    ..palisade_config::LimitConfig::default()
+                },
+            });
+        }
         if let Some((limits, apps)) = self.tenants.get(tenant) {
             if let Some(a) = apps.get(app) {
                 out.push(crate::budgets::Budget {

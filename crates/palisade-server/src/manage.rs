@@ -73,6 +73,12 @@ pub struct KeyRequest {
     /// Tokens per minute for this key.
     #[serde(default)]
     pub tpm: Option<u32>,
+    /// Tokens per UTC day for this key.
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
+    /// Tokens per UTC month for this key.
+    #[serde(default)]
+    pub monthly_tokens: Option<u64>,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
@@ -141,6 +147,8 @@ pub fn new_key(
             rpm: req.rpm,
             concurrency: req.concurrency,
             tpm: req.tpm,
+            daily_tokens: req.daily_tokens,
+            monthly_tokens: req.monthly_tokens,
         },
         expires_at,
         owner: req.owner,
@@ -430,6 +438,8 @@ pub fn key_json(k: &KeyRecord, now: i64) -> Value {
             "client_cert_sha256": k.scope.client_cert,
             "rpm": k.scope.rpm,
             "tpm": k.scope.tpm,
+            "daily_tokens": k.scope.daily_tokens,
+            "monthly_tokens": k.scope.monthly_tokens,
             "concurrency": k.scope.concurrency,
         },
         "expires_at": k.expires_at.map(rfc3339),

@@ -184,7 +184,12 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         principal.tenant(),
         principal.app(),
     );
-    let budgets = plan.budgets(principal.tenant(), principal.app());
+    let budgets = plan.budgets(
+        principal.key_id().as_str(),
+        principal.scope(),
+        principal.tenant(),
+        principal.app(),
+    );
     let needs_estimate =
         !applicable.tokens.is_empty() || budgets.iter().any(crate::budgets::Budget::any);
     let (cost, price) = if needs_estimate {

@@ -37,6 +37,12 @@ pub struct Scope {
     /// Tokens per minute for this key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u32>,
+    /// Tokens per UTC day for this key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_tokens: Option<u64>,
+    /// Tokens per UTC month for this key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_tokens: Option<u64>,
 }
 
 impl Default for Scope {
@@ -50,6 +56,8 @@ impl Default for Scope {
             rpm: None,
             concurrency: None,
             tpm: None,
+            daily_tokens: None,
+            monthly_tokens: None,
         }
     }
 }
@@ -84,7 +92,9 @@ impl Scope {
                 return Err(ScopeError::BadModel(m.clone()));
             }
         }
-        if [self.max_tokens, self.rpm, self.concurrency, self.tpm].contains(&Some(0)) {
+        if [self.max_tokens, self.rpm, self.concurrency, self.tpm].contains(&Some(0))
+            || [self.daily_tokens, self.monthly_tokens].contains(&Some(0))
+        {
             return Err(ScopeError::BadMaxTokens);
         }
         if let Some(fp) = &self.client_cert

@@ -674,6 +674,8 @@ mod tests {
             rpm: Some(60),
             concurrency: Some(4),
             tpm: Some(40_000),
+            daily_tokens: Some(1_000_000),
+            monthly_tokens: None,
         };
         new.expires_at = Some(5000);
         new.owner = Some("search-team".into());

@@ -286,6 +286,12 @@ pub enum KeysCommand {
         /// Tokens per minute for this key.
         #[arg(long)]
         tpm: Option<u32>,
+        /// Tokens per UTC day for this key.
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        /// Tokens per UTC month for this key.
+        #[arg(long)]
+        monthly_tokens: Option<u64>,
         /// Bind the key to this client certificate (PEM): over mutual TLS,
         /// the key works only with it.
         #[arg(long)]

@@ -127,6 +127,8 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             rpm,
             concurrency,
             tpm,
+            daily_tokens,
+            monthly_tokens,
             cert,
             owner,
             ticket,
@@ -148,6 +150,8 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 rpm,
                 concurrency,
                 tpm,
+                daily_tokens,
+                monthly_tokens,
                 owner,
                 ticket,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -471,6 +475,8 @@ fn key_request_json(r: &KeyRequest) -> Value {
     set("rpm", json!(r.rpm));
     set("concurrency", json!(r.concurrency));
     set("tpm", json!(r.tpm));
+    set("daily_tokens", json!(r.daily_tokens));
+    set("monthly_tokens", json!(r.monthly_tokens));
     set("owner", json!(r.owner));
     set("ticket", json!(r.ticket));
     if !r.labels.is_empty() {

@@ -452,3 +452,50 @@ async fn streams_settle_on_their_usage_and_disconnects_keep_their_reservation() 
         200
     );
 }
+
+#[tokio::test]
+async fn a_key_can_have_a_budget_of_its_own() {
+    let app = spawn_app().await;
+    let key = key_with(
+        &app,
+        Scope {
+            daily_tokens: Some(500),
+            ..Scope::default()
+        },
+    )
+    .await;
+    let ask = |max: u32| {
+        format!(
+            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    let auth = format!("Bearer {key}");
+    let post = |body: String| {
+        let auth = auth.clone();
+        let app = &app;
+        async move {
+            app.send(
+                http::Method::POST,
+                &app.url("/v1/chat/completions"),
+                &[("authorization", &auth)],
+                body,
+            )
+            .await
+        }
+    };
+    assert_eq!(post(ask(400)).await.status, 200);
+    let r = post(ask(490)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    // Other keys of the tenant are not held back.
+    assert_eq!(
+        app.post("/v1/chat/completions", &ask(490)).await.status,
+        200
+    );
+    let entries = app.ledger_entries().await;
+    let denied = entries
+        .iter()
+        .find(|e| e["kind"] == "request.denied")
+        .unwrap();
+    assert_eq!(denied["reason"], "budget_exceeded_key");
+}
