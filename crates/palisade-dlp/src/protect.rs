@@ -151,10 +151,18 @@ impl Session {
         body: &[u8],
     ) -> Result<Option<Vec<u8>>, crate::json::JsonError> {
         use crate::json::{MAX_DEPTH, rewrite_strings, structural};
-        rewrite_strings(body, MAX_DEPTH, &structural, &mut |s| {
-            self.reserve(s);
-            None
-        })?;
+        // Only a body with placeholder-shaped text (`[` then a capital)
+        // needs the reservation pass; JSON's own `[{` and `["` do not.
+        // (An escaped `\u005b` could be one too.)
+        let shaped = memchr::memchr_iter(b'[', body)
+            .any(|i| body.get(i + 1).is_some_and(u8::is_ascii_uppercase))
+            || memchr::memmem::find(body, b"\\u005").is_some();
+        if shaped {
+            rewrite_strings(body, MAX_DEPTH, &structural, &mut |s| {
+                self.reserve(s);
+                None
+            })?;
+        }
         rewrite_strings(body, MAX_DEPTH, &structural, &mut |s| match self
             .protect(detector, policy, s)
         {
@@ -598,6 +606,18 @@ mod tests {
         let mut s = Session::new();
         assert!(s.protect_json(&d, &policy, br#"{"a":1,"a":2}"#).is_err());
         assert_eq!(s.protect_json(&d, &policy, br#"{"a":"clean"}"#), Ok(None));
+    }
+
+    #[test]
+    fn escaped_placeholder_text_in_json_is_reserved_too() {
+        let d = detector();
+        let mut s = Session::new();
+        let body = br#"{"messages":[{"content":"\u005bEMAIL_1] and jane@acme.io"}]}"#;
+        let out = s
+            .protect_json(&d, &Policy::new(Action::Tokenize), body)
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("[EMAIL_2]"));
     }
 
     #[test]
