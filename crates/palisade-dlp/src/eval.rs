@@ -13,6 +13,7 @@ use std::fmt::Write;
 
 use crate::detector::Detector;
 use crate::entity::Entity;
+use crate::scan::{luhn_check_digit, mod97};
 
 /// One labelled sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -218,7 +219,7 @@ fn value(rng: &mut Rng, entity: Entity) -> (String, String) {
             while digits.len() < len - 1 {
                 digits.push(rng.below(10) as u8);
             }
-            digits.push(luhn_digit(&digits));
+            digits.push(luhn_check_digit(&digits));
             let plain: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
             let v = match (len, rng.below(3)) {
                 (15, 0) => format!("{} {} {}", &plain[..4], &plain[4..10], &plain[10..]),
@@ -257,7 +258,7 @@ fn value(rng: &mut Rng, entity: Entity) -> (String, String) {
             } else {
                 rng.digits(len - 4)
             };
-            let check = 98 - iban_mod(&format!("{bban}{cc}00"));
+            let check = 98 - mod97(format!("{bban}{cc}00").bytes());
             let raw = format!("{cc}{check:02}{bban}");
             let v = if rng.chance(50) {
                 raw.as_bytes()
@@ -311,7 +312,7 @@ fn value(rng: &mut Rng, entity: Entity) -> (String, String) {
             digits.extend((0..8).map(|_| rng.below(10) as u8));
             let mut with_prefix = vec![8, 0, 8, 4, 0];
             with_prefix.extend(&digits);
-            digits.push(luhn_digit(&with_prefix));
+            digits.push(luhn_check_digit(&with_prefix));
             (
                 "NPI ".into(),
                 digits.iter().map(|d| char::from(b'0' + d)).collect(),
@@ -393,38 +394,6 @@ fn value(rng: &mut Rng, entity: Entity) -> (String, String) {
         ),
         Entity::Custom => (String::new(), String::new()),
     }
-}
-
-fn luhn_digit(payload: &[u8]) -> u8 {
-    let mut sum = 0u32;
-    for (i, d) in payload.iter().rev().enumerate() {
-        let mut d = u32::from(*d);
-        if i % 2 == 0 {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
-    }
-    ((10 - sum % 10) % 10) as u8
-}
-
-fn iban_mod(s: &str) -> u32 {
-    let mut rem = 0u32;
-    for c in s.bytes() {
-        let v = if c.is_ascii_digit() {
-            u32::from(c - b'0')
-        } else {
-            u32::from(c - b'A') + 10
-        };
-        rem = if v >= 10 {
-            (rem * 100 + v) % 97
-        } else {
-            (rem * 10 + v) % 97
-        };
-    }
-    rem
 }
 
 /// Text that looks like an entity and is not one.

@@ -197,11 +197,19 @@ fn groups(s: &[u8], at: usize, seps: &[u8], max_digits: usize) -> (Vec<usize>, V
     (lens, digits, i)
 }
 
+/// Whether the last digit is the Luhn check digit of the others.
 fn luhn(digits: &[u8]) -> bool {
+    digits
+        .split_last()
+        .is_some_and(|(&check, payload)| luhn_check_digit(payload) == check)
+}
+
+/// The Luhn check digit that completes `payload` (digit values, not ASCII).
+pub(crate) fn luhn_check_digit(payload: &[u8]) -> u8 {
     let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
+    for (i, d) in payload.iter().rev().enumerate() {
         let mut d = u32::from(*d);
-        if i % 2 == 1 {
+        if i % 2 == 0 {
             d *= 2;
             if d > 9 {
                 d -= 9;
@@ -209,7 +217,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += d;
     }
-    sum.is_multiple_of(10)
+    ((10 - sum % 10) % 10) as u8
 }
 
 fn prefix_num(digits: &[u8], n: usize) -> u32 {
@@ -630,9 +638,16 @@ fn iban(s: &[u8], at: usize) -> Option<(usize, bool)> {
     if chars.len() != want || !boundary_after(s, i) {
         return None;
     }
-    // Move the first four characters to the end; letters count as 10..35.
+    // Move the first four characters to the end.
+    let rem = mod97(chars[4..].iter().chain(&chars[..4]).copied());
+    Some((i, rem == 1))
+}
+
+/// ISO 7064 MOD 97-10 over digits and upper-case letters (A = 10 … Z = 35),
+/// as IBAN check digits use it.
+pub(crate) fn mod97(chars: impl Iterator<Item = u8>) -> u32 {
     let mut rem = 0u32;
-    for &c in chars[4..].iter().chain(&chars[..4]) {
+    for c in chars {
         let v = if c.is_ascii_digit() {
             u32::from(c - b'0')
         } else {
@@ -644,7 +659,7 @@ fn iban(s: &[u8], at: usize) -> Option<(usize, bool)> {
             (rem * 10 + v) % 97
         };
     }
-    Some((i, rem == 1))
+    rem
 }
 
 #[cfg(test)]

@@ -598,7 +598,7 @@ pub fn review_csv(rows: &[ReviewRow]) -> String {
 
 /// Quotes a field when it needs it; a leading `=`, `+`, `-` or `@` is
 /// prefixed with `'` so that a spreadsheet does not run it as a formula.
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     let s = if s.starts_with(['=', '+', '-', '@']) {
         format!("'{s}")
     } else {

@@ -165,14 +165,15 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         })
     }
     // The key's scope first: nothing is scanned for a request refused anyway.
-    let (asked, openai) = {
+    let (asked, openai, price) = {
         let mut first = parse(&body, endpoint)?;
         authorize(&principal, &mut first, endpoint)?;
         let openai = state
             .registry()
             .model(first.model())
             .is_some_and(|m| m.provider().kind() == palisade_config::ProviderKind::Openai);
-        (first.max_tokens(), openai)
+        let price = crate::usage::price_of(state.config(), first.model());
+        (first.max_tokens(), openai, price)
     };
 
     // Rates, tokens and concurrency: the key's, its application's, its
@@ -198,7 +199,6 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             _ => asked.unwrap_or(crate::limits::DEFAULT_COMPLETION_RESERVE),
         };
         let prompt = crate::limits::estimate_prompt(&body, openai);
-        let price = model_price(&state, &body, endpoint);
         ((prompt + completion, prompt, completion), price)
     } else {
         ((0, 0, 0), None)
@@ -513,16 +513,6 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .headers_mut()
         .insert(X_AUDIT_SEQ.clone(), seq_header);
     Ok(response)
-}
-
-/// The price of the model a request names, from the configuration.
-fn model_price(
-    state: &AppState,
-    body: &[u8],
-    endpoint: Endpoint,
-) -> Option<palisade_config::Price> {
-    let envelope = Envelope::parse(body, endpoint).ok()?;
-    crate::usage::price_of(state.config(), envelope.model())
 }
 
 /// The rate headers OpenAI's clients read (`what`: requests or tokens).

@@ -10,6 +10,8 @@ use std::path::Path;
 use palisade_store::{AuditQuery, Store};
 use serde::Serialize;
 
+use crate::manage::csv_field;
+
 /// One line of the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UsageRow {
@@ -114,26 +116,20 @@ pub async fn report(
     Ok(rows)
 }
 
-/// The report as CSV, a header line first.
+/// The report as CSV, a header line first; text fields are quoted and
+/// defused as in the key inventory export.
 pub fn csv(rows: &[UsageRow]) -> String {
     let mut out = String::from(
         "day,tenant,app,key_id,model,requests,prompt_tokens,completion_tokens,total_tokens,cost\r\n",
     );
     for r in rows {
-        let quote = |s: &str| {
-            if s.contains([',', '"', '\r', '\n']) || s.starts_with(['=', '+', '-', '@']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
-            } else {
-                s.to_owned()
-            }
-        };
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{}\r\n",
             r.day,
-            quote(&r.tenant),
-            quote(&r.app),
+            csv_field(&r.tenant),
+            csv_field(&r.app),
             r.key_id,
-            quote(&r.model),
+            csv_field(&r.model),
             r.requests,
             r.prompt_tokens,
             r.completion_tokens,
@@ -151,4 +147,31 @@ pub fn price_of(config: &palisade_config::Config, model: &str) -> Option<palisad
         .iter()
         .find(|m| m.name == model)
         .and_then(|m| m.price)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_defuses_text_fields() {
+        let row = UsageRow {
+            day: "2026-11-22".into(),
+            tenant: "=HYPERLINK(\"x\")".into(),
+            app: "a,b".into(),
+            key_id: "k1".into(),
+            model: "gpt-4o".into(),
+            requests: 2,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            total_tokens: 15,
+            cost: None,
+        };
+        let out = csv(&[row]);
+        let line = out.lines().nth(1).unwrap();
+        assert_eq!(
+            line,
+            "2026-11-22,\"'=HYPERLINK(\"\"x\"\")\",\"a,b\",k1,gpt-4o,2,10,5,15,"
+        );
+    }
 }

@@ -11,6 +11,24 @@ use crate::helpers::*;
 
 const CHAT: &str = r#"{"model":"gpt-test","messages":[]}"#;
 
+/// Tenant `acme`, the test key's, with these limits.
+fn acme(limits: LimitConfig) -> TenantConfig {
+    TenantConfig {
+        name: "acme".into(),
+        data_classes: vec![],
+        dlp: Default::default(),
+        limits,
+        apps: vec![],
+    }
+}
+
+/// A one-message chat request asking for `max` completion tokens.
+fn ask(stream: bool, max: u32) -> String {
+    format!(
+        r#"{{"model":"gpt-test","stream":{stream},"max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    )
+}
+
 async fn key_with(app: &TestApp, scope: Scope) -> String {
     let (_, key) = app
         .store
@@ -30,6 +48,16 @@ async fn key_with(app: &TestApp, scope: Scope) -> String {
 }
 
 async fn chat(app: &TestApp, key: &str, extra: &[(&str, &str)]) -> Reply {
+    chat_with(app, key, CHAT, extra).await
+}
+
+/// A chat request with this body, made with `key`.
+async fn chat_with(
+    app: &TestApp,
+    key: &str,
+    body: impl Into<bytes::Bytes>,
+    extra: &[(&str, &str)],
+) -> Reply {
     let auth = format!("Bearer {key}");
     let mut headers = vec![("authorization", auth.as_str())];
     headers.extend_from_slice(extra);
@@ -37,7 +65,7 @@ async fn chat(app: &TestApp, key: &str, extra: &[(&str, &str)]) -> Reply {
         http::Method::POST,
         &app.url("/v1/chat/completions"),
         &headers,
-        CHAT,
+        body,
     )
     .await
 }
@@ -81,16 +109,10 @@ async fn exactly_n_requests_pass_with_openai_style_headers() {
 #[tokio::test]
 async fn the_tightest_of_key_app_and_tenant_wins() {
     let app = spawn_with(MockOptions::default(), |c| {
-        c.tenants = vec![TenantConfig {
-            name: "acme".into(),
-            data_classes: vec![],
-            dlp: Default::default(),
-            limits: LimitConfig {
-                rpm: Some(2),
-                ..LimitConfig::default()
-            },
-            apps: vec![],
-        }];
+        c.tenants = vec![acme(LimitConfig {
+            rpm: Some(2),
+            ..LimitConfig::default()
+        })];
     })
     .await;
     let key = key_with(
@@ -170,26 +192,8 @@ async fn token_rates_reserve_the_request_and_settle_on_its_usage() {
         },
     )
     .await;
-    let auth = format!("Bearer {key}");
-    let ask = |max: u32| {
-        format!(
-            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hello there"}}]}}"#
-        )
-    };
-    let send = |body: String| {
-        let auth = auth.clone();
-        let app = &app;
-        async move {
-            app.send(
-                http::Method::POST,
-                &app.url("/v1/chat/completions"),
-                &[("authorization", &auth)],
-                body,
-            )
-            .await
-        }
-    };
-    let r = send(ask(1000)).await;
+    let send = |max: u32| chat_with(&app, &key, ask(false, max), &[]);
+    let r = send(1000).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.header("x-ratelimit-limit-tokens"),
@@ -205,11 +209,11 @@ async fn token_rates_reserve_the_request_and_settle_on_its_usage() {
     assert!((990..1000).contains(&remaining), "{remaining}");
     // The answer used a few dozen tokens, not 1000: the rest came back, so
     // 1500 more fit.
-    let r = send(ask(1500)).await;
+    let r = send(1500).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Now 1500 are reserved until this one settles too — it has; but a
     // request for more than the whole limit never fits.
-    let r = send(ask(5000)).await;
+    let r = send(5000).await;
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").is_none());
     assert!(r.text().contains("whole limit"), "{}", r.text());
@@ -298,34 +302,27 @@ async fn usage_reports_come_from_the_ledger() {
 #[tokio::test]
 async fn budgets_reserve_settle_and_refuse_with_their_own_error() {
     let app = spawn_with(MockOptions::default(), |c| {
-        c.tenants = vec![TenantConfig {
-            name: "acme".into(),
-            data_classes: vec![],
-            dlp: Default::default(),
-            limits: LimitConfig {
-                daily_tokens: Some(1500),
-                ..LimitConfig::default()
-            },
-            apps: vec![],
-        }];
+        c.tenants = vec![acme(LimitConfig {
+            daily_tokens: Some(1500),
+            ..LimitConfig::default()
+        })];
     })
     .await;
-    let ask = |max: u32| {
-        format!(
-            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
-        )
-    };
     // 1000 reserved, a few dozen used: most of it comes back.
     assert_eq!(
-        app.post("/v1/chat/completions", &ask(1000)).await.status,
+        app.post("/v1/chat/completions", &ask(false, 1000))
+            .await
+            .status,
         200
     );
     assert_eq!(
-        app.post("/v1/chat/completions", &ask(1000)).await.status,
+        app.post("/v1/chat/completions", &ask(false, 1000))
+            .await
+            .status,
         200
     );
     // Now ~100 are spent today; 1400 more would pass the line.
-    let r = app.post("/v1/chat/completions", &ask(1450)).await;
+    let r = app.post("/v1/chat/completions", &ask(false, 1450)).await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "insufficient_quota");
     assert_eq!(r.json()["error"]["code"], "budget_exceeded");
@@ -349,64 +346,52 @@ async fn budgets_reserve_settle_and_refuse_with_their_own_error() {
 #[tokio::test]
 async fn budgets_survive_a_restart_through_the_ledger() {
     let mut app = spawn_with(MockOptions::default(), |c| {
-        c.tenants = vec![TenantConfig {
-            name: "acme".into(),
-            data_classes: vec![],
-            dlp: Default::default(),
-            limits: LimitConfig {
-                daily_tokens: Some(1500),
-                ..LimitConfig::default()
-            },
-            apps: vec![],
-        }];
+        c.tenants = vec![acme(LimitConfig {
+            daily_tokens: Some(1500),
+            ..LimitConfig::default()
+        })];
     })
     .await;
-    let ask = |max: u32| {
-        format!(
-            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
-        )
-    };
     for _ in 0..3 {
-        assert_eq!(app.post("/v1/chat/completions", &ask(10)).await.status, 200);
+        assert_eq!(
+            app.post("/v1/chat/completions", &ask(false, 10))
+                .await
+                .status,
+            200
+        );
     }
     // A few dozen tokens each are spent. After a restart, the new process
     // knows it from the ledger: a request for nearly the whole budget no
     // longer fits (it would, had the spending been forgotten).
     app.restart().await;
-    let r = app.post("/v1/chat/completions", &ask(1440)).await;
+    let r = app.post("/v1/chat/completions", &ask(false, 1440)).await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "budget_exceeded");
-    assert_eq!(app.post("/v1/chat/completions", &ask(10)).await.status, 200);
+    assert_eq!(
+        app.post("/v1/chat/completions", &ask(false, 10))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn streams_settle_on_their_usage_and_disconnects_keep_their_reservation() {
     let app = spawn_with(MockOptions::default(), |c| {
-        c.tenants = vec![TenantConfig {
-            name: "acme".into(),
-            data_classes: vec![],
-            dlp: Default::default(),
-            limits: LimitConfig {
-                daily_tokens: Some(2500),
-                ..LimitConfig::default()
-            },
-            apps: vec![],
-        }];
+        c.tenants = vec![acme(LimitConfig {
+            daily_tokens: Some(2500),
+            ..LimitConfig::default()
+        })];
     })
     .await;
     let auth = format!("Bearer {}", app.key);
-    let stream = |max: u32| {
-        format!(
-            r#"{{"model":"gpt-test","stream":true,"max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
-        )
-    };
     // A stream that ends: its usage settles the 1000 reserved.
     let resp = app
         .open(
             http::Method::POST,
             &app.url("/v1/chat/completions"),
             &[("authorization", &auth)],
-            stream(1000),
+            ask(true, 1000),
         )
         .await;
     read_events(resp.into_body()).await;
@@ -417,7 +402,7 @@ async fn streams_settle_on_their_usage_and_disconnects_keep_their_reservation() 
             http::Method::POST,
             &app.url("/v1/chat/completions"),
             &[("authorization", &auth), ("x-mock-chunk-delay-ms", "200")],
-            stream(1000),
+            ask(true, 1000),
         )
         .await;
     drop(resp);
@@ -440,15 +425,12 @@ async fn streams_settle_on_their_usage_and_disconnects_keep_their_reservation() 
     // Spent: the first stream's few dozen tokens (~33), plus the abandoned
     // one's ~1001 reserved: ~1034. 1480 more would pass 2500 (they would
     // fit, had the abandoned stream been refunded); 1300 fit.
-    let ask = |max: u32| {
-        format!(
-            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
-        )
-    };
-    let r = app.post("/v1/chat/completions", &ask(1480)).await;
+    let r = app.post("/v1/chat/completions", &ask(false, 1480)).await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(
-        app.post("/v1/chat/completions", &ask(1300)).await.status,
+        app.post("/v1/chat/completions", &ask(false, 1300))
+            .await
+            .status,
         200
     );
 }
@@ -464,32 +446,16 @@ async fn a_key_can_have_a_budget_of_its_own() {
         },
     )
     .await;
-    let ask = |max: u32| {
-        format!(
-            r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
-        )
-    };
-    let auth = format!("Bearer {key}");
-    let post = |body: String| {
-        let auth = auth.clone();
-        let app = &app;
-        async move {
-            app.send(
-                http::Method::POST,
-                &app.url("/v1/chat/completions"),
-                &[("authorization", &auth)],
-                body,
-            )
-            .await
-        }
-    };
-    assert_eq!(post(ask(400)).await.status, 200);
-    let r = post(ask(490)).await;
+    let post = |max: u32| chat_with(&app, &key, ask(false, max), &[]);
+    assert_eq!(post(400).await.status, 200);
+    let r = post(490).await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "budget_exceeded");
     // Other keys of the tenant are not held back.
     assert_eq!(
-        app.post("/v1/chat/completions", &ask(490)).await.status,
+        app.post("/v1/chat/completions", &ask(false, 490))
+            .await
+            .status,
         200
     );
     let entries = app.ledger_entries().await;
