@@ -98,16 +98,16 @@ fn admission(c: &mut Criterion) {
         serde_json::to_string(&"The committee met on Tuesday to review the roadmap. ".repeat(70))
             .unwrap()
     );
-    palisade_server::limits::estimate_prompt(prompt.as_bytes(), true);
+    palisade_server::tokens::estimate_prompt(prompt.as_bytes(), true);
     c.bench_function("estimate a 3.6 KiB prompt seen before (o200k_base)", |b| {
-        b.iter(|| palisade_server::limits::estimate_prompt(prompt.as_bytes(), true))
+        b.iter(|| palisade_server::tokens::estimate_prompt(prompt.as_bytes(), true))
     });
     let mut n = 0u64;
     c.bench_function("estimate a new 3.6 KiB prompt (o200k_base)", |b| {
         b.iter(|| {
             n += 1;
             let fresh = prompt.replace("roadmap", &format!("roadmap {n}"));
-            palisade_server::limits::estimate_prompt(fresh.as_bytes(), true)
+            palisade_server::tokens::estimate_prompt(fresh.as_bytes(), true)
         })
     });
 }

@@ -24,6 +24,7 @@ pub mod restore;
 mod routes;
 pub mod state;
 pub mod tls;
+pub mod tokens;
 pub mod upstream;
 pub mod usage;
 

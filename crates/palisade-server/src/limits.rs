@@ -461,60 +461,6 @@ impl Limiter {
 /// rates, until its usage settles it.
 pub const DEFAULT_COMPLETION_RESERVE: u64 = 1024;
 
-/// The prompt's tokens: every string a provider would see, counted with
-/// OpenAI's `o200k_base` encoding for OpenAI-kind providers, and estimated
-/// as one token per four bytes for others (their tokenizers are not
-/// public; the reservation is settled against the usage they report).
-///
-/// Counting is slow (a backtracking pre-tokenizer), and a chat resends its
-/// whole history on every turn, so each string's count is remembered by a
-/// hash of its text: a conversation pays only for its newest message.
-pub fn estimate_prompt(body: &[u8], openai: bool) -> u64 {
-    let mut total = 0u64;
-    let _ = palisade_dlp::json::rewrite_strings(
-        body,
-        palisade_dlp::json::MAX_DEPTH,
-        &palisade_dlp::json::structural,
-        &mut |s| {
-            total += if openai {
-                count_tokens(s)
-            } else {
-                (s.len() as u64).div_ceil(4)
-            };
-            None
-        },
-    );
-    total
-}
-
-/// How many strings' counts are remembered.
-const COUNT_CACHE: usize = 20_000;
-
-fn count_tokens(s: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    static CACHE: std::sync::OnceLock<Mutex<HashMap<(u64, usize), u64>>> =
-        std::sync::OnceLock::new();
-    // Short strings are cheaper to count than to look up.
-    if s.len() < 64 {
-        return tiktoken_rs::o200k_base_singleton().encode_ordinary(s).len() as u64;
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    let key = (h.finish(), s.len());
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(n) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
-        return n;
-    }
-    let n = tiktoken_rs::o200k_base_singleton().encode_ordinary(s).len() as u64;
-    if let Ok(mut c) = cache.lock() {
-        if c.len() >= COUNT_CACHE {
-            c.clear();
-        }
-        c.insert(key, n);
-    }
-    n
-}
-
 /// `6m0s`, `1s`, `120ms`: the duration form OpenAI's reset headers use.
 pub fn reset_header(d: Duration) -> String {
     let ms = d.as_millis();

@@ -198,7 +198,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             Endpoint::Embeddings => 0,
             _ => asked.unwrap_or(crate::limits::DEFAULT_COMPLETION_RESERVE),
         };
-        let prompt = crate::limits::estimate_prompt(&body, openai);
+        let prompt = crate::tokens::estimate_prompt(&body, openai);
         ((prompt + completion, prompt, completion), price)
     } else {
         ((0, 0, 0), None)
