@@ -40,9 +40,62 @@ pub struct Config {
     pub log: LogConfig,
     pub ledger: LedgerConfig,
     pub access: AccessConfig,
+    pub limits: LimitsConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// Where rate and concurrency limits are counted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub backend: LimitsBackend,
+    /// `redis://host:port/db` (or `rediss://` for TLS), without a password.
+    pub redis_url: String,
+    /// The Redis password (`env:NAME` or `file:PATH`), if it needs one.
+    pub redis_password: Option<SecretRef>,
+    /// Every key Palisade writes in Redis starts with this and a colon, so
+    /// that gateways sharing limits share it and others keep apart.
+    pub redis_prefix: String,
+    /// How long an admission waits for Redis before it counts as
+    /// unreachable.
+    #[serde(with = "duration::serde_str")]
+    pub redis_timeout: Duration,
+    /// What happens while Redis is unreachable: `closed` refuses requests
+    /// (503), `open` counts them in this process alone.
+    pub on_unavailable: OnUnavailable,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            backend: LimitsBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_password: None,
+            redis_prefix: "palisade".into(),
+            redis_timeout: Duration::from_millis(100),
+            on_unavailable: OnUnavailable::Closed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsBackend {
+    /// In this process: each gateway counts its own requests.
+    Memory,
+    /// In Redis: every gateway with the same `redis_prefix` shares them.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Refuse requests that have limits while the backend is unreachable.
+    Closed,
+    /// Admit them against this process's own counts.
+    Open,
 }
 
 /// A tenant's policy. Tenants without an entry get the defaults.
@@ -514,6 +567,7 @@ impl Config {
             log: LogConfig::default(),
             ledger: LedgerConfig::default(),
             access: AccessConfig::default(),
+            limits: LimitsConfig::default(),
             providers: Vec::new(),
             models: Vec::new(),
             tenants: Vec::new(),
@@ -632,6 +686,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
     let ledger = section::<LedgerConfig>(&mut table, "ledger", problems);
     let tenants = section::<Vec<TenantConfig>>(&mut table, "tenants", problems);
     let access = section::<AccessConfig>(&mut table, "access", problems);
+    let limits = section::<LimitsConfig>(&mut table, "limits", problems);
     for key in table.keys() {
         problems.push(Problem {
             path: key.clone(),
@@ -643,6 +698,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
         log: log?,
         ledger: ledger?,
         access: access?,
+        limits: limits?,
         providers: providers?,
         models: models?,
         tenants: tenants?,
@@ -708,6 +764,38 @@ fn join_path(section: &str, path: &str) -> String {
 /// The validated step.
 fn validate(config: &Config, problems: &mut Vec<Problem>) {
     let mut push = |path: String, message: String| problems.push(Problem { path, message });
+    let limits = &config.limits;
+    if limits.backend == LimitsBackend::Redis {
+        let scheme = limits.redis_url.split("://").next().unwrap_or_default();
+        if !matches!(scheme, "redis" | "rediss") || !limits.redis_url.contains("://") {
+            push(
+                "limits.redis_url".into(),
+                "must be a redis:// or rediss:// URL".into(),
+            );
+        } else if limits.redis_url.contains('@') {
+            push(
+                "limits.redis_url".into(),
+                "must not hold credentials; use limits.redis_password = \"env:NAME\"".into(),
+            );
+        }
+    }
+    if limits.redis_prefix.is_empty()
+        || !limits
+            .redis_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        push(
+            "limits.redis_prefix".into(),
+            "must be letters, digits, `-`, `_` or `.`".into(),
+        );
+    }
+    if limits.redis_timeout.is_zero() {
+        push(
+            "limits.redis_timeout".into(),
+            "must be more than zero".into(),
+        );
+    }
     let mut tenant_names = HashSet::new();
     for (i, t) in config.tenants.iter().enumerate() {
         let at = |field: &str| format!("tenants[{i}].{field}");

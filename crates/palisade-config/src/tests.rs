@@ -307,3 +307,46 @@ fn model_prices_are_checked() {
     let err = Config::from_toml("t", &bad, no_env()).unwrap_err();
     assert_eq!(paths(&err), ["models[0].price"], "{err}");
 }
+
+#[test]
+fn limits_section_defaults_and_validation() {
+    let c = Config::from_toml("t", "", no_env()).unwrap();
+    assert_eq!(c.limits.backend, LimitsBackend::Memory);
+    assert_eq!(c.limits.on_unavailable, OnUnavailable::Closed);
+    let c = Config::from_toml(
+        "t",
+        "[limits]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.5:6380/2\"\nredis_password = \"env:REDIS_PASSWORD\"\non_unavailable = \"open\"\nredis_timeout = \"20ms\"\nredis_prefix = \"gw-eu\"\n",
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(c.limits.backend, LimitsBackend::Redis);
+    assert_eq!(c.limits.on_unavailable, OnUnavailable::Open);
+    assert_eq!(c.limits.redis_timeout, std::time::Duration::from_millis(20));
+    assert_eq!(
+        c.limits.redis_password,
+        Some(SecretRef::Env("REDIS_PASSWORD".into()))
+    );
+    let err = Config::from_toml(
+        "t",
+        "[limits]\nbackend = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5\"\nredis_prefix = \"a b\"\nredis_timeout = \"0s\"\n",
+        no_env(),
+    )
+    .unwrap_err();
+    let p = paths(&err);
+    assert!(
+        p.contains(&"limits.redis_url")
+            && p.contains(&"limits.redis_prefix")
+            && p.contains(&"limits.redis_timeout"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = Config::from_toml("t", "[limits]\nbackend = \"etcd\"\n", no_env()).unwrap_err();
+    assert_eq!(paths(&err), ["limits.backend"]);
+    let err = Config::from_toml(
+        "t",
+        "[limits]\nredis_url = \"http://x\"\nbackend = \"redis\"\n",
+        no_env(),
+    )
+    .unwrap_err();
+    assert_eq!(paths(&err), ["limits.redis_url"]);
+}

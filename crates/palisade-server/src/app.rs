@@ -59,6 +59,8 @@ pub enum BuildError {
     Audit(#[from] palisade_ledger::JournalError),
     #[error("data protection: {0}")]
     Dlp(String),
+    #[error("limits: {0}")]
+    Limits(String),
     #[error("inbound TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -117,6 +119,31 @@ pub struct Application {
     indexer: (Arc<dyn Store>, Duration),
 }
 
+/// Where limits are counted: this process, or Redis (connected lazily; an
+/// unreachable Redis is not a start-up error, it is `limits.on_unavailable`).
+fn build_limits(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::limits::Limits, BuildError> {
+    let plan = crate::limits::Plan::new(config);
+    let l = &config.limits;
+    if l.backend != palisade_config::LimitsBackend::Redis {
+        return Ok(crate::limits::Limits::new(plan, None));
+    }
+    let password = l
+        .redis_password
+        .as_ref()
+        .map(|p| p.resolve(env))
+        .transpose()
+        .map_err(|e| BuildError::Limits(format!("limits.redis_password: {e}")))?;
+    let redis = crate::redis_limits::RedisLimits::new(l, password.as_ref().map(|p| p.expose()))
+        .map_err(|e| BuildError::Limits(e.to_string()))?;
+    Ok(crate::limits::Limits::new(
+        plan,
+        Some((redis, l.on_unavailable)),
+    ))
+}
+
 /// How often the audit search index is brought up to date.
 const INDEX_EVERY: Duration = Duration::from_secs(2);
 
@@ -151,6 +178,7 @@ impl Application {
         audit.record_start(&config, &deps.recovery).await?;
         let protections =
             crate::protection::Protections::build(&config).map_err(BuildError::Dlp)?;
+        let limits = build_limits(&config, env)?;
         let store = Arc::clone(&deps.store);
         let auth = Authenticator::new(deps.store, &config.access);
         let state = AppState::new(
@@ -160,8 +188,12 @@ impl Application {
             access_log,
             metrics,
             audit,
-            protections,
+            crate::state::Controls {
+                protections,
+                limits,
+            },
         );
+        state.limits().probe(state.audit(), state.metrics()).await;
         reconcile_budgets(&state, store.as_ref()).await;
         let indexer = (store, INDEX_EVERY);
         Ok(Self {

@@ -49,6 +49,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The audit ledger cannot record; nothing was forwarded.
     AuditUnavailable,
+    /// The shared limits store is unreachable and the gateway fails closed.
+    LimitsUnavailable,
     Internal,
 }
 
@@ -74,6 +76,7 @@ impl ErrorKind {
             Self::UpstreamFailed => "upstream_failed",
             Self::Unavailable => "unavailable",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -94,7 +97,9 @@ impl ErrorKind {
             Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::AuditUnavailable | Self::LimitsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,7 +124,10 @@ impl ErrorKind {
             Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamFailed => {
                 "upstream_error"
             }
-            Self::Unavailable | Self::AuditUnavailable | Self::Internal => "server_error",
+            Self::Unavailable
+            | Self::AuditUnavailable
+            | Self::LimitsUnavailable
+            | Self::Internal => "server_error",
         }
     }
 
@@ -140,7 +148,7 @@ impl ErrorKind {
             | Self::UpstreamTimeout
             | Self::UpstreamFailed
             | Self::Internal => "api_error",
-            Self::Unavailable => "overloaded_error",
+            Self::Unavailable | Self::LimitsUnavailable => "overloaded_error",
             Self::AuditUnavailable => "api_error",
         }
     }
@@ -162,6 +170,7 @@ impl ErrorKind {
             Self::UpstreamFailed => Some("upstream_failed"),
             Self::UpstreamRateLimited => Some("upstream_rate_limited"),
             Self::AuditUnavailable => Some("audit_unavailable"),
+            Self::LimitsUnavailable => Some("limits_unavailable"),
             _ => None,
         }
     }

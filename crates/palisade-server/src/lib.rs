@@ -17,6 +17,7 @@ pub mod manage;
 pub mod metrics;
 pub mod protection;
 pub mod proxy;
+pub mod redis_limits;
 pub mod registry;
 pub mod relay;
 pub mod request_id;

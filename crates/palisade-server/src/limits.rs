@@ -1,5 +1,7 @@
-//! Request rates and concurrency per key, application and tenant, in this
-//! process (the tightest level wins).
+//! Request rates and concurrency per key, application and tenant (the
+//! tightest level wins), counted in this process or, with
+//! `limits.backend = "redis"`, in Redis shared by every gateway
+//! ([`crate::redis_limits`]).
 //!
 //! Rates use GCRA (the generic cell rate algorithm): one "theoretical
 //! arrival time" per limited thing, so a limit of N per minute lets N
@@ -8,8 +10,13 @@
 //! request refused by its tenant's limit does not use up its key's.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use palisade_config::OnUnavailable;
+
+use crate::redis_limits::{RedisLimits, SharedError};
 
 /// What a limit applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +74,9 @@ pub enum Refusal {
     },
     /// Over a concurrency limit.
     Concurrency { level: Level, limit: u32 },
+    /// The shared backend is unreachable and `limits.on_unavailable` is
+    /// `closed`.
+    Unavailable,
 }
 
 impl Refusal {
@@ -88,6 +98,7 @@ impl Refusal {
                 Level::App => "concurrency_limited_app",
                 Level::Tenant => "concurrency_limited_tenant",
             },
+            Self::Unavailable => "limits_unavailable",
         }
     }
 }
@@ -209,7 +220,13 @@ pub struct TokenCharge {
     /// (level, who) and the time one token is worth there.
     per: Vec<((Level, String), Duration)>,
     pub reserved: u64,
+    /// Reserved in Redis instead: the keys charged, with their limits.
+    shared: Option<SharedTokens>,
 }
+
+/// Where a shared reservation lives: Redis, and the token keys charged
+/// with their limits.
+type SharedTokens = (Arc<RedisLimits>, Vec<(String, u32)>);
 
 /// What admitting a request gives back.
 #[derive(Debug)]
@@ -237,10 +254,23 @@ pub struct Limiter {
 pub struct Slots {
     held: Vec<(Level, String)>,
     in_flight: Arc<Mutex<HashMap<(Level, String), u32>>>,
+    /// Leases in Redis: the sets, and this request's name in them.
+    shared: Option<(Arc<RedisLimits>, Vec<String>, String)>,
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
+        if let Some((redis, sets, member)) = self.shared.take() {
+            // Given back off the request's path; if Redis is unreachable
+            // the leases run out by themselves (`SLOT_LEASE`).
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = redis.release(&sets, &member).await {
+                        tracing::warn!(error = %e, "concurrency slots not given back to Redis; their lease will expire");
+                    }
+                });
+            }
+        }
         if let Ok(mut map) = self.in_flight.lock() {
             for k in self.held.drain(..) {
                 if let Some(n) = map.get_mut(&k) {
@@ -355,6 +385,7 @@ impl Limiter {
                 TokenCharge {
                     per,
                     reserved: cost,
+                    shared: None,
                 },
             )
         }))
@@ -389,6 +420,7 @@ impl Limiter {
         let mut slots = Slots {
             held: Vec::new(),
             in_flight: Arc::clone(&self.in_flight),
+            shared: None,
         };
         if !limits.concurrency.is_empty() {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -454,6 +486,192 @@ impl Limiter {
             tat.insert(k, t);
         }
         Ok((tightest, slots))
+    }
+}
+
+/// Which limits apply and where they are counted: in this process, or in
+/// Redis with this process as the fallback while Redis is unreachable and
+/// `limits.on_unavailable = "open"`.
+pub struct Limits {
+    plan: Plan,
+    local: Limiter,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    redis: Arc<RedisLimits>,
+    on_unavailable: OnUnavailable,
+    /// Whether the last exchange with Redis succeeded.
+    up: AtomicBool,
+    /// Names this process's concurrency leases.
+    node: String,
+    next: AtomicU64,
+}
+
+impl Limits {
+    pub fn new(plan: Plan, shared: Option<(Arc<RedisLimits>, OnUnavailable)>) -> Self {
+        Self {
+            plan,
+            local: Limiter::default(),
+            shared: shared.map(|(redis, on_unavailable)| Shared {
+                redis,
+                on_unavailable,
+                up: AtomicBool::new(true),
+                node: uuid::Uuid::now_v7().simple().to_string(),
+                next: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The in-process counts (the fallback when a shared backend is set).
+    pub fn local(&self) -> &Limiter {
+        &self.local
+    }
+
+    /// Whether limits are shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Admits a request costing `tokens` or says which limit refuses it;
+    /// nothing is charged on a refusal. With Redis, one round trip.
+    pub async fn admit(
+        &self,
+        limits: &Applicable,
+        tokens: u64,
+        audit: &crate::audit::Audit,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Admission, Refusal> {
+        let nothing =
+            limits.rates.is_empty() && limits.tokens.is_empty() && limits.concurrency.is_empty();
+        let Some(shared) = self.shared.as_ref().filter(|_| !nothing) else {
+            return self.local.admit_with(limits, tokens, Instant::now());
+        };
+        let member = format!(
+            "{}-{}",
+            shared.node,
+            shared.next.fetch_add(1, Ordering::Relaxed)
+        );
+        match shared.redis.admit(limits, tokens, &member).await {
+            Ok(decided) => {
+                shared.switch(true, None, audit, metrics);
+                decided.map(|a| Admission {
+                    requests: a.requests,
+                    tokens: a.tokens,
+                    slots: Slots {
+                        held: Vec::new(),
+                        in_flight: Arc::clone(&self.local.in_flight),
+                        shared: (!a.slots.is_empty())
+                            .then(|| (Arc::clone(&shared.redis), a.slots, member)),
+                    },
+                    charge: (!a.token_keys.is_empty()).then(|| TokenCharge {
+                        per: Vec::new(),
+                        reserved: tokens,
+                        shared: Some((Arc::clone(&shared.redis), a.token_keys)),
+                    }),
+                })
+            }
+            Err(e) => {
+                shared.switch(false, Some(&e), audit, metrics);
+                match shared.on_unavailable {
+                    OnUnavailable::Open => {
+                        metrics
+                            .limits_fallbacks
+                            .get_or_create(&crate::metrics::OutcomeLabels {
+                                outcome: "counted_locally",
+                            })
+                            .inc();
+                        self.local.admit_with(limits, tokens, Instant::now())
+                    }
+                    OnUnavailable::Closed => {
+                        metrics
+                            .limits_fallbacks
+                            .get_or_create(&crate::metrics::OutcomeLabels { outcome: "refused" })
+                            .inc();
+                        Err(Refusal::Unavailable)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles a reservation against what the request used.
+    pub fn settle(&self, charge: &TokenCharge, used: u64) {
+        let Some((redis, keys)) = &charge.shared else {
+            self.local.settle(charge, used);
+            return;
+        };
+        let delta = i64::try_from(used).unwrap_or(i64::MAX)
+            - i64::try_from(charge.reserved).unwrap_or(i64::MAX);
+        let (redis, keys) = (Arc::clone(redis), keys.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = redis.settle(&keys, delta).await {
+                    tracing::warn!(error = %e, "token reservation not settled in Redis; it stands until the minute passes");
+                }
+            });
+        }
+    }
+
+    /// Asks Redis whether it answers, at start-up, so that an unreachable
+    /// backend is recorded before the first request.
+    pub async fn probe(&self, audit: &crate::audit::Audit, metrics: &crate::metrics::Metrics) {
+        if let Some(shared) = &self.shared {
+            let r = shared.redis.ping().await;
+            shared.switch(r.is_ok(), r.as_ref().err(), audit, metrics);
+            metrics.limits_backend_up.set(i64::from(r.is_ok()));
+        }
+    }
+}
+
+impl Shared {
+    /// Records a change between reachable and unreachable: a log line, a
+    /// ledger entry and the metrics.
+    fn switch(
+        &self,
+        up: bool,
+        error: Option<&SharedError>,
+        audit: &crate::audit::Audit,
+        metrics: &crate::metrics::Metrics,
+    ) {
+        if self.up.swap(up, Ordering::AcqRel) == up {
+            return;
+        }
+        metrics.limits_backend_up.set(i64::from(up));
+        let mode = match self.on_unavailable {
+            OnUnavailable::Open => "open",
+            OnUnavailable::Closed => "closed",
+        };
+        if up {
+            tracing::info!("the Redis limits backend answers again; limits are shared");
+            metrics
+                .limits_backend_switches
+                .get_or_create(&crate::metrics::OutcomeLabels {
+                    outcome: "available",
+                })
+                .inc();
+            audit.submit(
+                "limits.backend_available",
+                serde_json::json!({"backend": "redis"}),
+            );
+        } else {
+            let error = error.map(ToString::to_string).unwrap_or_default();
+            tracing::error!(error = %error, on_unavailable = mode, "the Redis limits backend is unreachable");
+            metrics
+                .limits_backend_switches
+                .get_or_create(&crate::metrics::OutcomeLabels {
+                    outcome: "unavailable",
+                })
+                .inc();
+            audit.submit(
+                "limits.backend_unavailable",
+                serde_json::json!({"backend": "redis", "on_unavailable": mode, "error": error}),
+            );
+        }
     }
 }
 

@@ -36,6 +36,11 @@ pub struct TokenLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs … ~100 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -52,6 +57,10 @@ pub struct Metrics {
     pub open_streams: Gauge,
     pub tokens: Family<TokenLabels, Counter>,
     pub client_disconnects: Family<EndpointLabels, Counter>,
+    /// 1 while the Redis limits backend answers (set only when it is used).
+    pub limits_backend_up: Gauge,
+    pub limits_backend_switches: Family<OutcomeLabels, Counter>,
+    pub limits_fallbacks: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,8 +120,29 @@ impl Metrics {
             "Responses abandoned by the client before their end",
             client_disconnects.clone(),
         );
+        let limits_backend_up = Gauge::default();
+        registry.register(
+            "limits_backend_up",
+            "1 while the Redis limits backend answers, 0 while it is unreachable",
+            limits_backend_up.clone(),
+        );
+        let limits_backend_switches = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "limits_backend_switches",
+            "Changes of the Redis limits backend to available or unavailable",
+            limits_backend_switches.clone(),
+        );
+        let limits_fallbacks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "limits_fallbacks",
+            "Admissions decided while the Redis limits backend was unreachable: counted_locally (open) or refused (closed)",
+            limits_fallbacks.clone(),
+        );
         Self {
             registry,
+            limits_backend_up,
+            limits_backend_switches,
+            limits_fallbacks,
             requests,
             request_duration,
             upstream_duration,

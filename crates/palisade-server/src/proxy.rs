@@ -178,7 +178,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
 
     // Rates, tokens and concurrency: the key's, its application's, its
     // tenant's.
-    let (plan, limiter) = state.limits();
+    let plan = state.limits().plan();
     let applicable = plan.applicable(
         principal.key_id().as_str(),
         principal.scope(),
@@ -230,7 +230,11 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             .with_reason(exceeded.reason()));
         }
     };
-    let admission = match limiter.admit_with(&applicable, cost.0, Instant::now()) {
+    let admission = match state
+        .limits()
+        .admit(&applicable, cost.0, state.audit(), state.metrics())
+        .await
+    {
         Ok(admitted) => admitted,
         Err(refused) => {
             if let Some(b) = &budget {
@@ -587,6 +591,12 @@ fn rate_refusal(refused: crate::limits::Refusal, dialect: Dialect) -> ApiError {
                 "too many requests in flight: at most {limit} at once for this {}",
                 level.as_str()
             ),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)),
+        Refusal::Unavailable => ApiError::new(
+            ErrorKind::LimitsUnavailable,
+            dialect,
+            "the shared rate-limit store is unreachable and this gateway is set to refuse requests until it answers",
         )
         .with_retry_after(std::time::Duration::from_secs(1)),
     }

@@ -219,7 +219,6 @@ impl Completion {
         if let (Some(charge), Some(u)) = (self.charge.take(), usage.as_ref()) {
             self.state
                 .limits()
-                .1
                 .settle(&charge, u.prompt_tokens + u.completion_tokens);
         }
         if let (Some((charge, price)), Some(u)) = (self.budget.take(), usage.as_ref()) {

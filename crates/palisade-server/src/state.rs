@@ -13,6 +13,14 @@ use crate::metrics::Metrics;
 use crate::protection::Protections;
 use crate::registry::Registry;
 
+/// The per-request controls built from configuration at start-up.
+pub struct Controls {
+    /// Each tenant's data protection.
+    pub protections: Protections,
+    /// Rates, tokens and concurrency, and where they are counted.
+    pub limits: crate::limits::Limits,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -26,7 +34,7 @@ struct Inner {
     access_log: AccessLog,
     audit: Audit,
     protections: Protections,
-    limits: (crate::limits::Plan, crate::limits::Limiter),
+    limits: crate::limits::Limits,
     budgets: crate::budgets::Budgets,
     draining: AtomicBool,
 }
@@ -39,9 +47,12 @@ impl AppState {
         access_log: AccessLog,
         metrics: Arc<Metrics>,
         audit: Audit,
-        protections: Protections,
+        controls: Controls,
     ) -> Self {
-        let plan = crate::limits::Plan::new(&config);
+        let Controls {
+            protections,
+            limits,
+        } = controls;
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -50,7 +61,7 @@ impl AppState {
                 metrics,
                 access_log,
                 audit,
-                limits: (plan, crate::limits::Limiter::default()),
+                limits,
                 budgets: crate::budgets::Budgets::default(),
                 protections,
                 draining: AtomicBool::new(false),
@@ -83,9 +94,9 @@ impl AppState {
         &self.inner.protections
     }
 
-    /// Which limits apply, and their state in this process.
-    pub fn limits(&self) -> (&crate::limits::Plan, &crate::limits::Limiter) {
-        (&self.inner.limits.0, &self.inner.limits.1)
+    /// Which limits apply, and where they are counted.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.inner.limits
     }
 
     /// Spending against budgets, this month.

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use palisade_mock::{MockOptions, MockServer};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
-fn palisade(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn palisade(dir: &Path, args: &[&str]) -> Output {
     palisade_with(dir, args, &[])
 }
 
@@ -27,16 +27,16 @@ fn palisade_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Waits for the ready file and returns its JSON.
-async fn wait_ready(path: &Path, child: &mut Child) -> Value {
+pub(crate) async fn wait_ready(path: &Path, child: &mut Child) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(path)
@@ -52,7 +52,7 @@ async fn wait_ready(path: &Path, child: &mut Child) -> Value {
     }
 }
 
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
+pub(crate) fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -61,7 +61,7 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
-async fn post(addr: &str, path: &str, key: &str, body: &str) -> (u16, String) {
+pub(crate) async fn post(addr: &str, path: &str, key: &str, body: &str) -> (u16, String) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     let req = http::Request::post(format!("http://{addr}{path}"))
@@ -79,7 +79,7 @@ async fn post(addr: &str, path: &str, key: &str, body: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn write_config(dir: &Path, base_url: &str) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, base_url: &str) -> PathBuf {
     let path = dir.join("palisade.toml");
     std::fs::write(
         &path,

@@ -15,5 +15,6 @@ mod lifecycle;
 mod limits;
 mod proxy;
 mod sdk;
+mod shared_limits;
 mod streaming;
 mod tls;

@@ -1,0 +1,323 @@
+//! Rate and concurrency limits kept in Redis, so that every gateway with
+//! the same `limits.redis_prefix` shares them.
+//!
+//! One admission is one round trip: a Lua script checks every limit that
+//! applies — token rates, concurrency, request rates, the in-process
+//! order — and, only if all pass, charges them all — atomically, on Redis's
+//! own clock (`TIME`), so nodes with skewed clocks still agree. Request and
+//! token rates are GCRA, exactly as in process: one theoretical arrival
+//! time per limited thing, a key that expires once the limit is whole
+//! again. Concurrency is a sorted set of leases per limited thing: a slot
+//! is given back when the exchange ends, and a node that dies without
+//! giving its slots back loses them when their lease runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_config::LimitsConfig;
+use redis::aio::ConnectionManager;
+
+use crate::limits::{Applicable, Level, RateStatus, Refusal};
+
+/// How long a concurrency slot is held if the node holding it never gives
+/// it back (it crashed); a stream longer than this loses its slot early.
+pub const SLOT_LEASE: Duration = Duration::from_secs(15 * 60);
+
+const ADMIT: &str = r"
+local nr, nt, nc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost, member, lease = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local MINUTE = 60000000
+local function limit(i) return tonumber(ARGV[6 + i]) end
+local function gcra(k, per_minute, amount)
+  local interval = math.floor(MINUTE / per_minute)
+  local tat = tonumber(redis.call('GET', k) or '0')
+  if tat < now then tat = now end
+  return interval, interval * per_minute, tat, tat + interval * amount
+end
+local tok, tnew = {}, {}
+for i = 1, nt do
+  local tpm = limit(nr + i)
+  local interval, burst, tat, new = gcra(KEYS[nr + i], tpm, math.min(cost, tpm + 1))
+  local ahead = new - now
+  if ahead > burst then
+    local left = math.max(0, math.floor((burst - (tat - now)) / interval))
+    local retry = -1
+    if cost <= tpm then retry = ahead - burst end
+    return {2, i - 1, tpm, left, tat - now, retry}
+  end
+  local left = math.floor((burst - ahead) / interval)
+  if tok[1] == nil or left < tok[2] then tok = {tpm, left, ahead} end
+  tnew[i] = {new, ahead}
+end
+for i = 1, nc do
+  local k = KEYS[nr + nt + i]
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  if redis.call('ZCARD', k) >= limit(nr + nt + i) then
+    return {3, i - 1, limit(nr + nt + i)}
+  end
+end
+local req, rnew = {}, {}
+for i = 1, nr do
+  local rpm = limit(i)
+  local interval, burst, tat, new = gcra(KEYS[i], rpm, 1)
+  local ahead = new - now
+  if ahead > burst then return {1, i - 1, rpm, 0, tat - now, ahead - burst} end
+  local left = math.floor((burst - ahead) / interval)
+  if req[1] == nil or left < req[2] then req = {rpm, left, ahead} end
+  rnew[i] = {new, ahead}
+end
+for i = 1, nc do
+  local k = KEYS[nr + nt + i]
+  redis.call('ZADD', k, string.format('%.0f', now + lease), member)
+  redis.call('PEXPIRE', k, math.floor(lease / 1000) + 1000)
+end
+for i = 1, nt do
+  redis.call('SET', KEYS[nr + i], string.format('%.0f', tnew[i][1]), 'PX', math.floor(tnew[i][2] / 1000) + 1000)
+end
+for i = 1, nr do
+  redis.call('SET', KEYS[i], string.format('%.0f', rnew[i][1]), 'PX', math.floor(rnew[i][2] / 1000) + 1000)
+end
+return {0, req[1] or -1, req[2] or -1, req[3] or -1, tok[1] or -1, tok[2] or -1, tok[3] or -1}
+";
+
+const SETTLE: &str = r"
+local delta = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '')
+  if tat then
+    tat = tat + delta * math.floor(60000000 / tonumber(ARGV[i + 1]))
+    local ttl = math.floor((tat - now) / 1000) + 1000
+    if ttl > 0 then
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl)
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+return 0
+";
+
+/// Why Redis did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis answered something the admission script does not return: {0:?}")]
+    Unexpected(Vec<i64>),
+}
+
+/// What Redis admitted: the tightest rates, for the headers, and what to
+/// give back at the end.
+pub struct SharedAdmission {
+    pub requests: Option<RateStatus>,
+    pub tokens: Option<RateStatus>,
+    /// The concurrency sets holding this request's lease.
+    pub slots: Vec<String>,
+    /// The token keys charged, with their limits, for settling.
+    pub token_keys: Vec<(String, u32)>,
+}
+
+pub struct RedisLimits {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    admit: redis::Script,
+    settle: redis::Script,
+}
+
+impl std::fmt::Debug for RedisLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimits")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimits {
+    /// Connects lazily: nothing is dialled until the first admission, and
+    /// the connection is re-established by itself after a failure.
+    pub fn new(config: &LimitsConfig, password: Option<&str>) -> Result<Arc<Self>, SharedError> {
+        let mut info: redis::ConnectionInfo =
+            redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())?;
+        if let Some(p) = password {
+            let redis = info.redis_settings().clone().set_password(p);
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info)?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.redis_timeout))
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)?;
+        Ok(Arc::new(Self {
+            conn,
+            prefix: config.redis_prefix.clone(),
+            timeout: config.redis_timeout,
+            admit: redis::Script::new(ADMIT),
+            settle: redis::Script::new(SETTLE),
+        }))
+    }
+
+    fn key(&self, kind: &str, level: Level, who: &str) -> String {
+        format!("{}:{kind}:{}:{who}", self.prefix, level.as_str())
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SharedError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(SharedError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), SharedError> {
+        let mut conn = self.conn.clone();
+        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// Checks every limit in `limits` for a request costing `cost` tokens
+    /// and charges them all if all pass; `member` names this request's
+    /// concurrency leases.
+    pub async fn admit(
+        &self,
+        limits: &Applicable,
+        cost: u64,
+        member: &str,
+    ) -> Result<Result<SharedAdmission, Refusal>, SharedError> {
+        let mut inv = self.admit.prepare_invoke();
+        for (level, who, _) in &limits.rates {
+            inv.key(self.key("rpm", *level, who));
+        }
+        let token_keys: Vec<(String, u32)> = limits
+            .tokens
+            .iter()
+            .map(|(level, who, tpm)| (self.key("tpm", *level, who), (*tpm).max(1)))
+            .collect();
+        for (k, _) in &token_keys {
+            inv.key(k);
+        }
+        let slots: Vec<String> = limits
+            .concurrency
+            .iter()
+            .map(|(level, who, _)| self.key("slots", *level, who))
+            .collect();
+        for k in &slots {
+            inv.key(k);
+        }
+        inv.arg(limits.rates.len())
+            .arg(limits.tokens.len())
+            .arg(limits.concurrency.len())
+            .arg(cost)
+            .arg(member)
+            .arg(SLOT_LEASE.as_micros() as u64);
+        for (_, _, rpm) in &limits.rates {
+            inv.arg((*rpm).max(1));
+        }
+        for (_, tpm) in &token_keys {
+            inv.arg(*tpm);
+        }
+        for (_, _, n) in &limits.concurrency {
+            inv.arg(*n);
+        }
+        let mut conn = self.conn.clone();
+        let out: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        let n = |v: i64| u32::try_from(v).unwrap_or(0);
+        let status = |limit: i64, left: i64, reset: i64| {
+            (limit >= 0).then(|| RateStatus {
+                limit: n(limit),
+                remaining: n(left),
+                reset: us(reset),
+            })
+        };
+        let level = |list: &[(Level, String, u32)], i: i64| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| list.get(i))
+                .map(|l| l.0)
+        };
+        match out.as_slice() {
+            [0, rl, rr, rs, tl, tr, ts] => Ok(Ok(SharedAdmission {
+                requests: status(*rl, *rr, *rs),
+                tokens: status(*tl, *tr, *ts),
+                slots,
+                token_keys,
+            })),
+            [1, i, limit, left, reset, retry] => match level(&limits.rates, *i) {
+                Some(level) => Ok(Err(Refusal::Rate {
+                    level,
+                    retry_after: us(*retry),
+                    status: RateStatus {
+                        limit: n(*limit),
+                        remaining: n(*left),
+                        reset: us(*reset),
+                    },
+                })),
+                None => Err(SharedError::Unexpected(out)),
+            },
+            [2, i, limit, left, reset, retry] => match level(&limits.tokens, *i) {
+                Some(level) => Ok(Err(Refusal::Tokens {
+                    level,
+                    retry_after: (*retry >= 0).then(|| us(*retry)),
+                    status: RateStatus {
+                        limit: n(*limit),
+                        remaining: n(*left),
+                        reset: us(*reset),
+                    },
+                })),
+                None => Err(SharedError::Unexpected(out)),
+            },
+            [3, i, limit] => match level(&limits.concurrency, *i) {
+                Some(level) => Ok(Err(Refusal::Concurrency {
+                    level,
+                    limit: n(*limit),
+                })),
+                None => Err(SharedError::Unexpected(out)),
+            },
+            _ => Err(SharedError::Unexpected(out)),
+        }
+    }
+
+    /// Gives back (or takes) the difference between what a request
+    /// reserved and what it used.
+    pub async fn settle(&self, keys: &[(String, u32)], delta: i64) -> Result<(), SharedError> {
+        if keys.is_empty() || delta == 0 {
+            return Ok(());
+        }
+        let mut inv = self.settle.prepare_invoke();
+        inv.arg(delta);
+        for (k, tpm) in keys {
+            inv.key(k).arg(*tpm);
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// Gives a request's concurrency slots back.
+    pub async fn release(&self, slots: &[String], member: &str) -> Result<(), SharedError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for k in slots {
+            pipe.zrem(k, member).ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+}
