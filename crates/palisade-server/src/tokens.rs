@@ -1,9 +1,11 @@
 //! Counting a prompt's tokens for the token rates and budgets.
 //!
 //! OpenAI-kind providers are counted with OpenAI's `o200k_base` encoding,
-//! exactly as `tiktoken` counts it; the ranks come from `tiktoken-rs`. The
-//! counting itself is Palisade's, because the reference pre-tokenizer is a
-//! backtracking regex (~9 MB/s): here the same split is made by a
+//! exactly as `tiktoken` counts it. The ranks are compiled in (1.6 MB,
+//! about 7 MB of table once the first count needs them); the counting is
+//! Palisade's, because the reference pre-tokenizer is a backtracking regex
+//! (~9 MB/s) and `tiktoken-rs`'s encoder holds its ranks three times over
+//! (~40 MB): here the same split is made by a
 //! linear-time regex, with the one construct it lacks — `\s+(?!\S)`, a
 //! run of whitespace not followed by a non-space — done by hand, and each
 //! piece is looked up whole before it is merged pair by pair. The unit
@@ -31,6 +33,11 @@ const PATTERN: &str = concat!(
     r"|\s+",
 );
 
+/// OpenAI's `o200k_base` ranks (MIT licence): each token's length, one
+/// byte, then its bytes, in rank order — written by
+/// `scripts/o200k-ranks.py` from the file `tiktoken-rs` ships.
+static O200K: &[u8] = include_bytes!("../data/o200k_base.ranks");
+
 /// How many ordinary tokens `o200k_base` has (ranks `0..RANKS`).
 const RANKS: u32 = 199_998;
 
@@ -48,8 +55,8 @@ struct Encoding {
 }
 
 impl Encoding {
-    /// Built once, when a token rate or budget first needs a count: the
-    /// token bytes are kept in one allocation for the life of the process.
+    /// Built once, when a token rate or budget first needs a count; the
+    /// table borrows the token bytes from the compiled-in ranks.
     /// `None` only if the shipped ranks or the pattern failed to load,
     /// which the tests rule out; counts then fall back to bytes / 4.
     fn get() -> Option<&'static Encoding> {
@@ -66,15 +73,21 @@ impl Encoding {
     }
 
     fn load() -> Result<Encoding, String> {
-        let bpe = tiktoken_rs::o200k_base().map_err(|e| e.to_string())?;
-        let tokens: Vec<Vec<u8>> = bpe._decode_native_and_split((0..RANKS).collect()).collect();
-        drop(bpe);
-        let arena: &'static [u8] = Box::leak(tokens.concat().into_boxed_slice());
-        let mut ranks = Ranks::with_capacity_and_hasher(tokens.len(), Default::default());
-        let mut at = 0;
-        for (rank, t) in (0u32..).zip(&tokens) {
-            ranks.insert(&arena[at..at + t.len()], rank);
-            at += t.len();
+        let mut ranks = Ranks::with_capacity_and_hasher(RANKS as usize, Default::default());
+        let mut rest = O200K;
+        while let Some((&len, tail)) = rest.split_first() {
+            let (token, tail) = tail
+                .split_at_checked(usize::from(len))
+                .ok_or("the o200k_base ranks are truncated")?;
+            let rank = u32::try_from(ranks.len()).map_err(|e| e.to_string())?;
+            ranks.insert(token, rank);
+            rest = tail;
+        }
+        if ranks.len() != RANKS as usize {
+            return Err(format!(
+                "{} o200k_base ranks, expected {RANKS}",
+                ranks.len()
+            ));
         }
         let split = regex::Regex::new(PATTERN).map_err(|e| e.to_string())?;
         Ok(Encoding { ranks, split })
@@ -199,6 +212,17 @@ mod tests {
         tiktoken_rs::o200k_base_singleton()
             .encode_ordinary(text)
             .len() as u64
+    }
+
+    #[test]
+    fn the_compiled_in_ranks_are_tiktokens() {
+        let e = Encoding::get().expect("the ranks load");
+        assert_eq!(e.ranks.len(), RANKS as usize);
+        let bpe = tiktoken_rs::o200k_base_singleton();
+        for rank in (0..RANKS).step_by(97).chain([RANKS - 1]) {
+            let bytes: Vec<u8> = bpe._decode_native_and_split(vec![rank]).flatten().collect();
+            assert_eq!(e.ranks.get(bytes.as_slice()), Some(&rank), "rank {rank}");
+        }
     }
 
     #[test]
