@@ -31,13 +31,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import shutil
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import BIN, ROOT, cpu_seconds, rss_kib, wait_file, wrk  # noqa: E402
+from overhead import BIN, ROOT, cpu_seconds, prepare, rss_kib, stop, wait_file, wrk  # noqa: E402
 
 SENTENCES = [
     "The quarterly review covered the migration of the billing service to the new cluster.",
@@ -96,20 +94,8 @@ def main():
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "limits.json"))
     args = ap.parse_args()
-    if args.smoke:
-        args.seconds, args.rounds = 1, 1
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install wrk")
-
-    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "palisade"], cwd=ROOT, check=True)
-    work = Path(tempfile.mkdtemp(prefix="palisade-limits-bench-"))
-    procs = []
+    work, procs, mock_addr = prepare(args, "palisade-limits-bench-")
     try:
-        mock_ready = work / "mock.json"
-        mock = subprocess.Popen([BIN, "mock", "--listen", "127.0.0.1:0", "--ready-file", mock_ready], stderr=subprocess.DEVNULL)
-        procs.append(mock)
-        mock_addr = wait_file(mock_ready, mock)["addr"]
-
         variants = {"off": "", "memory": LIMITS}
         if redis_answers(args.redis):
             prefix = f"palisade-bench-{os.getpid()}-{int(time.time())}"
@@ -210,13 +196,7 @@ provider = "mock"
                 print(f"| {kind} | {g} | {m['rps']:.0f} | {m['throughput_vs_off']:.3f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['cpu_us_per_request']:.0f} µs |")
         print("RSS after the run (MiB): " + ", ".join(f"{g} {v:.1f}" for g, v in report["rss_mib"].items()))
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop(procs, work)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,30 @@ def ttfb(addr, key, n):
     return sorted(times)
 
 
+def prepare(args, prefix):
+    """Checks for wrk, builds the release binary, makes a work directory and
+    starts the mock provider in it. Returns (work, procs, mock address)."""
+    if args.smoke:
+        args.seconds, args.rounds = 1, 1
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: apt-get install wrk")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "palisade"], cwd=ROOT, check=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    mock_ready = work / "mock.json"
+    mock = subprocess.Popen([BIN, "mock", "--listen", "127.0.0.1:0", "--ready-file", mock_ready], stderr=subprocess.DEVNULL)
+    return work, [mock], wait_file(mock_ready, mock)["addr"]
+
+
+def stop(procs, work):
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a few seconds, no figures worth quoting")
@@ -128,20 +152,8 @@ def main():
     ap.add_argument("--only", choices=["1", "32"], help="run one concurrency only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "overhead.json"))
     args = ap.parse_args()
-    if args.smoke:
-        args.seconds, args.rounds = 1, 1
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install wrk")
-
-    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "palisade"], cwd=ROOT, check=True)
-    work = Path(tempfile.mkdtemp(prefix="palisade-bench-"))
-    procs = []
+    work, procs, mock_addr = prepare(args, "palisade-bench-")
     try:
-        mock_ready = work / "mock.json"
-        mock = subprocess.Popen([BIN, "mock", "--listen", "127.0.0.1:0", "--ready-file", mock_ready], stderr=subprocess.DEVNULL)
-        procs.append(mock)
-        mock_addr = wait_file(mock_ready, mock)["addr"]
-
         (work / "palisade.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:0"
@@ -248,13 +260,7 @@ provider = "mock"
               f"gateway p50 {fe['gateway']['p50']:.3f} p99 {fe['gateway']['p99']:.3f}; "
               f"added p50 {fe['added_ms']['p50']*1000:.0f} µs, p99 {fe['added_ms']['p99']*1000:.0f} µs")
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop(procs, work)
 
 
 if __name__ == "__main__":

@@ -638,7 +638,8 @@ impl Shared {
         audit: &crate::audit::Audit,
         metrics: &crate::metrics::Metrics,
     ) {
-        if self.up.swap(up, Ordering::AcqRel) == up {
+        // A plain load on the usual path; the swap only when it changes.
+        if self.up.load(Ordering::Relaxed) == up || self.up.swap(up, Ordering::AcqRel) == up {
             return;
         }
         metrics.limits_backend_up.set(i64::from(up));

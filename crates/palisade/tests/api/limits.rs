@@ -12,7 +12,7 @@ use crate::helpers::*;
 const CHAT: &str = r#"{"model":"gpt-test","messages":[]}"#;
 
 /// Tenant `acme`, the test key's, with these limits.
-fn acme(limits: LimitConfig) -> TenantConfig {
+pub(crate) fn acme(limits: LimitConfig) -> TenantConfig {
     TenantConfig {
         name: "acme".into(),
         data_classes: vec![],

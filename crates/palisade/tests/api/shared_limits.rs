@@ -8,9 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade_config::{
-    Config, LimitConfig, LimitsBackend, LimitsConfig, OnUnavailable, TenantConfig,
-};
+use palisade_config::{Config, LimitConfig, LimitsBackend, LimitsConfig, OnUnavailable};
 use palisade_mock::{MockOptions, MockServer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::binary::{BIN, palisade, stderr, stdout, terminate, wait_ready, write_config};
 use crate::helpers::*;
+use crate::limits::acme;
 
 const CHAT: &str = r#"{"model":"gpt-test","messages":[]}"#;
 
@@ -51,16 +50,6 @@ fn shared(url: &str, prefix: &str, on_unavailable: OnUnavailable) -> LimitsConfi
         redis_timeout: Duration::from_millis(500),
         on_unavailable,
         ..LimitsConfig::default()
-    }
-}
-
-fn acme(limits: LimitConfig) -> TenantConfig {
-    TenantConfig {
-        name: "acme".into(),
-        data_classes: vec![],
-        dlp: Default::default(),
-        limits,
-        apps: vec![],
     }
 }
 
