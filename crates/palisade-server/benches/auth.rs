@@ -71,7 +71,7 @@ fn admission(c: &mut Criterion) {
             (Level::Tenant, "acme".into(), u32::MAX),
         ],
         concurrency: vec![(Level::Key, "k".into(), 1_000)],
-        tokens: vec![],
+        ..Applicable::default()
     };
     c.bench_function("admit: three rates and a concurrency limit", |b| {
         b.iter(|| limiter.admit(&limits, std::time::Instant::now()).is_ok())

@@ -873,6 +873,8 @@ fn key_request_schema() -> Value {
             "tpm": {"type": "integer", "minimum": 1, "description": "tokens per minute for this key"},
             "daily_tokens": {"type": "integer", "minimum": 1, "description": "tokens per UTC day for this key"},
             "monthly_tokens": {"type": "integer", "minimum": 1, "description": "tokens per UTC month for this key"},
+            "daily_cost": {"type": "number", "exclusiveMinimum": 0, "description": "cost per UTC day for this key, at the models' prices"},
+            "monthly_cost": {"type": "number", "exclusiveMinimum": 0, "description": "cost per UTC month for this key, at the models' prices"},
             "concurrency": {"type": "integer", "minimum": 1, "description": "requests in flight at once for this key"},
             "client_cert_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "bind the key to a client certificate (mutual TLS)"},
             "owner": {"type": "string"},

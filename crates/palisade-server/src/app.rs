@@ -123,6 +123,7 @@ pub struct Application {
 /// unreachable Redis is not a start-up error, it is `limits.on_unavailable`).
 fn build_limits(
     config: &Config,
+    origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<crate::limits::Limits, BuildError> {
     let plan = crate::limits::Plan::new(config);
@@ -140,7 +141,11 @@ fn build_limits(
         .map_err(|e| BuildError::Limits(e.to_string()))?;
     Ok(crate::limits::Limits::new(
         plan,
-        Some((redis, l.on_unavailable)),
+        Some(crate::limits::SharedBackend {
+            redis,
+            on_unavailable: l.on_unavailable,
+            origin: origin.to_owned(),
+        }),
     ))
 }
 
@@ -178,7 +183,7 @@ impl Application {
         audit.record_start(&config, &deps.recovery).await?;
         let protections =
             crate::protection::Protections::build(&config).map_err(BuildError::Dlp)?;
-        let limits = build_limits(&config, env)?;
+        let limits = build_limits(&config, audit.journal().origin(), env)?;
         let store = Arc::clone(&deps.store);
         let auth = Authenticator::new(deps.store, &config.access);
         let state = AppState::new(
@@ -194,7 +199,9 @@ impl Application {
             },
         );
         state.limits().probe(state.audit(), state.metrics()).await;
-        reconcile_budgets(&state, store.as_ref()).await;
+        if reconcile_budgets(&state, store.as_ref()).await {
+            state.limits().sync_budgets().await;
+        }
         let indexer = (store, INDEX_EVERY);
         Ok(Self {
             proxy,
@@ -299,8 +306,9 @@ impl Application {
 
 /// Budgets count what this month already spent, read back from the ledger
 /// (through the usage report), so that a restart or a crash loses nothing
-/// that was accounted.
-async fn reconcile_budgets(state: &AppState, store: &dyn Store) {
+/// that was accounted. Says whether this gateway's spending is now known
+/// (then its share of shared budgets is set from it).
+async fn reconcile_budgets(state: &AppState, store: &dyn Store) -> bool {
     let any = state.config().tenants.iter().any(|t| {
         std::iter::once(&t.limits)
             .chain(t.apps.iter().map(|a| &a.limits))
@@ -314,13 +322,17 @@ async fn reconcile_budgets(state: &AppState, store: &dyn Store) {
     let keys_have_budgets = || async {
         store.list_keys().await.is_ok_and(|keys| {
             keys.iter().any(|k| {
+                let s = &k.scope;
                 k.revoked_at.is_none()
-                    && (k.scope.daily_tokens.is_some() || k.scope.monthly_tokens.is_some())
+                    && (s.daily_tokens.is_some()
+                        || s.monthly_tokens.is_some()
+                        || s.daily_cost.is_some()
+                        || s.monthly_cost.is_some())
             })
         })
     };
     if !any && !keys_have_budgets().await {
-        return;
+        return false;
     }
     let (day, month) = crate::budgets::periods(palisade_store::unix_now());
     let journal = state.audit().journal();
@@ -349,11 +361,14 @@ async fn reconcile_budgets(state: &AppState, store: &dyn Store) {
                     )
                 })
                 .collect();
-            state.budgets().load(&rows, &month, &day);
+            state.limits().budgets().load(&rows, &month, &day);
             tracing::info!(target: "palisade::limits", rows = rows.len(), "budgets reconciled from the ledger");
+            true
         }
         Err(e) => {
-            tracing::error!(target: "palisade::limits", error = %e, "budgets not reconciled from the ledger; this month's earlier spending is not counted");
+            // Shared budgets keep this gateway's share as it was.
+            tracing::error!(target: "palisade::limits", error = %e, "budgets not reconciled from the ledger; this month's earlier spending is not counted here");
+            false
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Budgets per calendar day and month (UTC), in tokens and in cost, per
-//! application and tenant.
+//! key, application and tenant.
 //!
 //! A request reserves its estimate (prompt plus the completion asked for,
 //! and their price) against every budget that applies, or is refused with
@@ -8,9 +8,17 @@
 //! this month is read back from the ledger's `request.completed` entries
 //! (the usage report), so a restart — or a crash — loses no accounted
 //! tokens.
+//!
+//! This map is the gateway's own spending. With limits shared through
+//! Redis ([`crate::redis_limits`]) each gateway's share is one field of the
+//! shared budget, kept equal to this map: set from it at start-up, charged
+//! and settled alongside it, and what could not reach Redis (spending
+//! counted here while Redis was unreachable, settlements that failed) is
+//! held as *pending* and added once Redis answers again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use palisade_config::LimitConfig;
 
@@ -23,17 +31,29 @@ pub enum Period {
     Month(String),
 }
 
+impl Period {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Day(d) | Self::Month(d) => d,
+        }
+    }
+}
+
 /// The current day and month, from Unix seconds.
 pub fn periods(now: i64) -> (String, String) {
     let t = palisade_ledger::time::rfc3339(now);
     (t[..10].to_owned(), t[..7].to_owned())
 }
 
+/// Tokens and cost spent (or, as a pending change, to add).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Spent {
-    tokens: u64,
-    cost: f64,
+pub struct Spent {
+    pub tokens: i64,
+    pub cost: f64,
 }
+
+/// One budget: whose, and for which period.
+pub type BudgetKey = (Level, String, Period);
 
 /// One budget that applies to a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,15 +74,35 @@ impl Budget {
     }
 }
 
+/// Where a reservation is mirrored besides this gateway's own map.
+#[derive(Debug, Clone, Default)]
+pub enum Mirror {
+    /// Budgets are this gateway's alone.
+    #[default]
+    None,
+    /// Charged in Redis too.
+    Redis(std::sync::Arc<crate::redis_limits::RedisLimits>),
+    /// Counted here while Redis was unreachable: its settlement is pending
+    /// as well.
+    Pending,
+}
+
 /// A reservation to settle.
 #[derive(Debug, Clone)]
 pub struct BudgetCharge {
-    keys: Vec<(Level, String, Period)>,
+    keys: Vec<BudgetKey>,
     tokens: u64,
     cost: f64,
+    pub mirror: Mirror,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+impl BudgetCharge {
+    pub fn keys(&self) -> &[BudgetKey] {
+        &self.keys
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exceeded {
     pub level: Level,
     /// `daily_tokens`, `monthly_tokens`, `daily_cost` or `monthly_cost`.
@@ -79,9 +119,56 @@ impl Exceeded {
     }
 }
 
+/// How many budget periods are remembered before past ones are dropped.
+const MAX_TRACKED: usize = 50_000;
+
 #[derive(Default)]
 pub struct Budgets {
-    spent: Mutex<HashMap<(Level, String, Period), Spent>>,
+    spent: Mutex<HashMap<BudgetKey, Spent>>,
+    /// Changes counted here that the shared budgets do not have yet.
+    pending: Mutex<HashMap<BudgetKey, Spent>>,
+    has_pending: AtomicBool,
+}
+
+/// The budget periods a request is charged against: every budget that
+/// is set, for the day and the month.
+pub fn keys_for<'a>(
+    budgets: impl Iterator<Item = &'a Budget>,
+    (day, month): (&str, &str),
+) -> Vec<BudgetKey> {
+    let mut keys = Vec::new();
+    for b in budgets.filter(|b| b.any()) {
+        keys.push((b.level, b.who.clone(), Period::Day(day.to_owned())));
+        keys.push((b.level, b.who.clone(), Period::Month(month.to_owned())));
+    }
+    keys
+}
+
+fn charge_locked(
+    spent: &mut HashMap<BudgetKey, Spent>,
+    keys: Vec<BudgetKey>,
+    tokens: u64,
+    cost: f64,
+    (day, month): (&str, &str),
+) -> BudgetCharge {
+    if spent.len() >= MAX_TRACKED {
+        spent.retain(|(_, _, p), _| match p {
+            Period::Day(d) => d == day,
+            Period::Month(m) => m == month,
+        });
+    }
+    let add = i64::try_from(tokens).unwrap_or(i64::MAX);
+    for k in &keys {
+        let e = spent.entry(k.clone()).or_default();
+        e.tokens = e.tokens.saturating_add(add);
+        e.cost += cost;
+    }
+    BudgetCharge {
+        keys,
+        tokens,
+        cost,
+        mirror: Mirror::None,
+    }
 }
 
 impl Budgets {
@@ -106,19 +193,19 @@ impl Budgets {
                 .copied()
                 .unwrap_or_default()
         };
+        let tokens_i = i64::try_from(tokens).unwrap_or(i64::MAX);
         for b in &budgets {
             let d = get(&spent, b, Period::Day(day.to_owned()));
             let m = get(&spent, b, Period::Month(month.to_owned()));
+            let over_tokens = |s: Spent, limit: Option<u64>| {
+                limit.is_some_and(|x| {
+                    s.tokens.saturating_add(tokens_i) > i64::try_from(x).unwrap_or(i64::MAX)
+                })
+            };
             let l = &b.limits;
             let over = [
-                (
-                    "daily_tokens",
-                    l.daily_tokens.is_some_and(|x| d.tokens + tokens > x),
-                ),
-                (
-                    "monthly_tokens",
-                    l.monthly_tokens.is_some_and(|x| m.tokens + tokens > x),
-                ),
+                ("daily_tokens", over_tokens(d, l.daily_tokens)),
+                ("monthly_tokens", over_tokens(m, l.monthly_tokens)),
                 (
                     "daily_cost",
                     l.daily_cost.is_some_and(|x| d.cost + cost > x),
@@ -135,29 +222,49 @@ impl Budgets {
                 });
             }
         }
-        let mut keys = Vec::new();
-        for b in budgets {
-            for p in [Period::Day(day.to_owned()), Period::Month(month.to_owned())] {
-                let e = spent
-                    .entry((b.level, b.who.clone(), p.clone()))
-                    .or_default();
-                e.tokens += tokens;
-                e.cost += cost;
-                keys.push((b.level, b.who.clone(), p));
-            }
-        }
-        Ok(Some(BudgetCharge { keys, tokens, cost }))
+        // Charged under the same lock as checked: racing requests never
+        // pass a budget together.
+        let keys = keys_for(budgets.into_iter(), (day, month));
+        Ok(Some(charge_locked(
+            &mut spent,
+            keys,
+            tokens,
+            cost,
+            (day, month),
+        )))
     }
 
-    /// Replaces a reservation with what the request really used.
-    pub fn settle(&self, charge: &BudgetCharge, tokens: u64, cost: f64) {
+    /// Charges `tokens` and `cost` to every budget in `budgets` without
+    /// checking them (the shared budgets already admitted the request).
+    pub fn charge(
+        &self,
+        budgets: &[Budget],
+        tokens: u64,
+        cost: f64,
+        periods: (&str, &str),
+    ) -> BudgetCharge {
+        let keys = keys_for(budgets.iter(), periods);
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        charge_locked(&mut spent, keys, tokens, cost, periods)
+    }
+
+    /// Replaces a reservation with what the request really used, and
+    /// returns the change.
+    pub fn settle(&self, charge: &BudgetCharge, tokens: u64, cost: f64) -> Spent {
+        let delta = Spent {
+            tokens: i64::try_from(tokens)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(charge.tokens).unwrap_or(i64::MAX)),
+            cost: cost - charge.cost,
+        };
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
         for k in &charge.keys {
             if let Some(e) = spent.get_mut(k) {
-                e.tokens = (e.tokens + tokens).saturating_sub(charge.tokens);
-                e.cost = (e.cost + cost - charge.cost).max(0.0);
+                e.tokens = e.tokens.saturating_add(delta.tokens).max(0);
+                e.cost = (e.cost + delta.cost).max(0.0);
             }
         }
+        delta
     }
 
     /// Adds what was spent before this process started (from the usage
@@ -173,6 +280,7 @@ impl Budgets {
             if !day.starts_with(month) {
                 continue;
             }
+            let tokens = i64::try_from(*tokens).unwrap_or(i64::MAX);
             for (level, who) in [
                 (Level::Tenant, tenant.clone()),
                 (Level::App, format!("{tenant}/{app}")),
@@ -180,7 +288,7 @@ impl Budgets {
             ] {
                 let mut add = |p: Period| {
                     let e = spent.entry((level, who.clone(), p)).or_default();
-                    e.tokens += tokens;
+                    e.tokens = e.tokens.saturating_add(tokens);
                     e.cost += cost;
                 };
                 add(Period::Month(month.to_owned()));
@@ -189,6 +297,43 @@ impl Budgets {
                 }
             }
         }
+    }
+
+    /// This gateway's spending in the current `day` and `month`.
+    pub fn snapshot(&self, (day, month): (&str, &str)) -> Vec<(BudgetKey, Spent)> {
+        let spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        spent
+            .iter()
+            .filter(|((_, _, p), _)| match p {
+                Period::Day(d) => d == day,
+                Period::Month(m) => m == month,
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Records a change the shared budgets have not received.
+    pub fn add_pending(&self, keys: &[BudgetKey], delta: Spent) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            let e = pending.entry(k.clone()).or_default();
+            e.tokens = e.tokens.saturating_add(delta.tokens);
+            e.cost += delta.cost;
+        }
+        self.has_pending.store(true, Ordering::Release);
+    }
+
+    /// Whether changes wait for the shared budgets.
+    pub fn has_pending(&self) -> bool {
+        self.has_pending.load(Ordering::Acquire)
+    }
+
+    /// Takes every pending change (give them back with
+    /// [`Budgets::add_pending`] if they cannot be delivered).
+    pub fn take_pending(&self) -> Vec<(BudgetKey, Spent)> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.has_pending.store(false, Ordering::Release);
+        pending.drain().collect()
     }
 }
 
@@ -265,5 +410,71 @@ mod tests {
             b.reserve(&limits, 10, 0.4, ("2026-11-23", "2026-11"))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn charges_snapshots_and_pending_changes() {
+        let b = Budgets::default();
+        let p = ("2026-11-23", "2026-11");
+        let limits = budget(Some(100), None);
+        // Charged without a check (the shared budgets admitted it), even
+        // past this gateway's own view of the limit.
+        let c = b.charge(&limits, 150, 0.5, p);
+        assert_eq!(c.keys().len(), 2, "the day and the month");
+        assert!(b.reserve(&limits, 1, 0.0, p).is_err());
+        let delta = b.settle(&c, 40, 0.125);
+        assert_eq!(delta.tokens, -110);
+        assert!((delta.cost + 0.375).abs() < 1e-12);
+        // Yesterday counts for the month, not for today.
+        b.charge(&limits, 5, 0.0, ("2026-11-22", "2026-11"));
+        let mut snap: Vec<(String, i64)> = b
+            .snapshot(p)
+            .into_iter()
+            .map(|((_, _, period), s)| (period.as_str().to_owned(), s.tokens))
+            .collect();
+        snap.sort();
+        assert_eq!(
+            snap,
+            [("2026-11".to_owned(), 45), ("2026-11-23".to_owned(), 40)]
+        );
+        // Pending changes add up until taken.
+        assert!(!b.has_pending());
+        for _ in 0..2 {
+            b.add_pending(
+                c.keys(),
+                Spent {
+                    tokens: 10,
+                    cost: 0.25,
+                },
+            );
+        }
+        assert!(b.has_pending());
+        let taken = b.take_pending();
+        assert_eq!(taken.len(), 2);
+        assert!(taken.iter().all(|(_, s)| s.tokens == 20 && s.cost == 0.5));
+        assert!(!b.has_pending() && b.take_pending().is_empty());
+    }
+
+    #[test]
+    fn racing_reservations_never_pass_a_budget() {
+        let b = std::sync::Arc::new(Budgets::default());
+        let limits = budget(Some(1000), None);
+        let passed: usize = (0..8)
+            .map(|_| {
+                let (b, limits) = (std::sync::Arc::clone(&b), limits.clone());
+                std::thread::spawn(move || {
+                    (0..500)
+                        .filter(|_| {
+                            b.reserve(&limits, 3, 0.0, ("2026-11-23", "2026-11"))
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(passed, 333);
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use palisade_config::OnUnavailable;
 
+use crate::budgets::{Budget, BudgetCharge, Budgets, Exceeded, Mirror, Spent};
 use crate::redis_limits::{RedisLimits, SharedError};
 
 /// What a limit applies to.
@@ -45,6 +46,32 @@ pub struct Applicable {
     pub concurrency: Vec<(Level, String, u32)>,
     /// (level, who, tokens per minute)
     pub tokens: Vec<(Level, String, u32)>,
+    /// Budgets per day and month.
+    pub budgets: Vec<Budget>,
+}
+
+impl Applicable {
+    /// Whether no limit and no budget applies.
+    pub fn is_empty(&self) -> bool {
+        self.rates.is_empty()
+            && self.tokens.is_empty()
+            && self.concurrency.is_empty()
+            && !self.budgets.iter().any(Budget::any)
+    }
+
+    /// Whether a request must be counted in tokens: a token rate or a
+    /// budget applies.
+    pub fn counts_tokens(&self) -> bool {
+        !self.tokens.is_empty() || self.budgets.iter().any(Budget::any)
+    }
+}
+
+/// What a request reserves at admission: its prompt plus the completion
+/// it may ask for, and their price.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reservation {
+    pub tokens: u64,
+    pub cost: f64,
 }
 
 /// The state of the tightest rate after an admission, for the
@@ -74,6 +101,8 @@ pub enum Refusal {
     },
     /// Over a concurrency limit.
     Concurrency { level: Level, limit: u32 },
+    /// A day's or month's budget would be passed.
+    Budget(Exceeded),
     /// The shared backend is unreachable and `limits.on_unavailable` is
     /// `closed`.
     Unavailable,
@@ -98,6 +127,7 @@ impl Refusal {
                 Level::App => "concurrency_limited_app",
                 Level::Tenant => "concurrency_limited_tenant",
             },
+            Self::Budget(e) => e.reason(),
             Self::Unavailable => "limits_unavailable",
         }
     }
@@ -132,34 +162,38 @@ impl Plan {
 
     /// The budgets on a key's requests: its own (tokens), its
     /// application's and its tenant's.
-    pub fn budgets(
+    fn budgets(
         &self,
         key: &str,
         scope: &palisade_store::Scope,
         tenant: &str,
         app: &str,
-    ) -> Vec<crate::budgets::Budget> {
+    ) -> Vec<Budget> {
         let mut out = Vec::new();
-        if scope.daily_tokens.is_some() || scope.monthly_tokens.is_some() {
-            out.push(crate::budgets::Budget {
-                level: Level::Key,
-                who: key.to_owned(),
-                limits: palisade_config::LimitConfig {
-                    daily_tokens: scope.daily_tokens,
-                    monthly_tokens: scope.monthly_tokens,
-                    ..palisade_config::LimitConfig::default()
-                },
-            });
+        let own = palisade_config::LimitConfig {
+            daily_tokens: scope.daily_tokens,
+            monthly_tokens: scope.monthly_tokens,
+            daily_cost: scope.daily_cost,
+            monthly_cost: scope.monthly_cost,
+            ..palisade_config::LimitConfig::default()
+        };
+        let own = Budget {
+            level: Level::Key,
+            who: key.to_owned(),
+            limits: own,
+        };
+        if own.any() {
+            out.push(own);
         }
         if let Some((limits, apps)) = self.tenants.get(tenant) {
             if let Some(a) = apps.get(app) {
-                out.push(crate::budgets::Budget {
+                out.push(Budget {
                     level: Level::App,
                     who: format!("{tenant}/{app}"),
                     limits: *a,
                 });
             }
-            out.push(crate::budgets::Budget {
+            out.push(Budget {
                 level: Level::Tenant,
                 who: tenant.to_owned(),
                 limits: *limits,
@@ -177,7 +211,10 @@ impl Plan {
         tenant: &str,
         app: &str,
     ) -> Applicable {
-        let mut out = Applicable::default();
+        let mut out = Applicable {
+            budgets: self.budgets(key, scope, tenant, app),
+            ..Applicable::default()
+        };
         let mut add = |level: Level, who: String, l: (Option<u32>, Option<u32>, Option<u32>)| {
             let (rpm, concurrency, tpm) = l;
             if let Some(r) = rpm {
@@ -237,6 +274,8 @@ pub struct Admission {
     pub tokens: Option<RateStatus>,
     pub slots: Slots,
     pub charge: Option<TokenCharge>,
+    /// Budgets reserved.
+    pub budget: Option<BudgetCharge>,
 }
 
 #[derive(Default)]
@@ -316,6 +355,7 @@ impl Limiter {
             tokens: status,
             slots,
             charge,
+            budget: None,
         })
     }
 
@@ -495,7 +535,9 @@ impl Limiter {
 pub struct Limits {
     plan: Plan,
     local: Limiter,
-    shared: Option<Shared>,
+    /// This gateway's own spending against budgets.
+    budgets: Arc<Budgets>,
+    shared: Option<Arc<Shared>>,
 }
 
 struct Shared {
@@ -503,22 +545,44 @@ struct Shared {
     on_unavailable: OnUnavailable,
     /// Whether the last exchange with Redis succeeded.
     up: AtomicBool,
+    /// Names this gateway's share of the shared budgets: its ledger's
+    /// origin, the same after a restart.
+    origin: String,
     /// Names this process's concurrency leases.
     node: String,
     next: AtomicU64,
+    /// Whether this gateway's share of the budgets must be set again in
+    /// full (the start-up sync did not reach Redis).
+    needs_sync: AtomicBool,
+    /// Whether pending budget changes are being delivered.
+    delivering: AtomicBool,
+}
+
+/// Where limits are shared: Redis, what to do when it is unreachable, and
+/// this gateway's ledger origin.
+pub struct SharedBackend {
+    pub redis: Arc<RedisLimits>,
+    pub on_unavailable: OnUnavailable,
+    pub origin: String,
 }
 
 impl Limits {
-    pub fn new(plan: Plan, shared: Option<(Arc<RedisLimits>, OnUnavailable)>) -> Self {
+    pub fn new(plan: Plan, shared: Option<SharedBackend>) -> Self {
         Self {
             plan,
             local: Limiter::default(),
-            shared: shared.map(|(redis, on_unavailable)| Shared {
-                redis,
-                on_unavailable,
-                up: AtomicBool::new(true),
-                node: uuid::Uuid::now_v7().simple().to_string(),
-                next: AtomicU64::new(0),
+            budgets: Arc::new(Budgets::default()),
+            shared: shared.map(|b| {
+                Arc::new(Shared {
+                    redis: b.redis,
+                    on_unavailable: b.on_unavailable,
+                    up: AtomicBool::new(true),
+                    origin: b.origin,
+                    node: uuid::Uuid::now_v7().simple().to_string(),
+                    next: AtomicU64::new(0),
+                    needs_sync: AtomicBool::new(false),
+                    delivering: AtomicBool::new(false),
+                })
             }),
         }
     }
@@ -532,34 +596,64 @@ impl Limits {
         &self.local
     }
 
+    /// This gateway's spending against budgets.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
     /// Whether limits are shared through Redis.
     pub fn is_shared(&self) -> bool {
         self.shared.is_some()
     }
 
-    /// Admits a request costing `tokens` or says which limit refuses it;
-    /// nothing is charged on a refusal. With Redis, one round trip.
+    /// Admits a request reserving `ask` or says which limit or budget
+    /// refuses it; nothing is charged on a refusal. With Redis, one round
+    /// trip.
     pub async fn admit(
         &self,
         limits: &Applicable,
-        tokens: u64,
+        ask: Reservation,
         audit: &crate::audit::Audit,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Admission, Refusal> {
-        let nothing =
-            limits.rates.is_empty() && limits.tokens.is_empty() && limits.concurrency.is_empty();
-        let Some(shared) = self.shared.as_ref().filter(|_| !nothing) else {
-            return self.local.admit_with(limits, tokens, Instant::now());
+        let Some(shared) = self.shared.as_ref().filter(|_| !limits.is_empty()) else {
+            return self.admit_locally(limits, ask, Mirror::None);
         };
         let member = format!(
             "{}-{}",
             shared.node,
             shared.next.fetch_add(1, Ordering::Relaxed)
         );
-        match shared.redis.admit(limits, tokens, &member).await {
+        let periods = crate::budgets::periods(palisade_store::unix_now());
+        let decided = shared
+            .redis
+            .admit(
+                limits,
+                ask,
+                (&periods.0, &periods.1),
+                &shared.origin,
+                &member,
+            )
+            .await;
+        match decided {
             Ok(decided) => {
-                shared.switch(true, None, audit, metrics);
-                decided.map(|a| Admission {
+                let back = shared.switch(true, None, audit, metrics);
+                if back || self.budgets.has_pending() || shared.needs_sync.load(Ordering::Relaxed) {
+                    self.deliver(shared);
+                }
+                let a = decided?;
+                // This gateway's own count follows what Redis charged.
+                let budget = limits.budgets.iter().any(Budget::any).then(|| {
+                    let mut c = self.budgets.charge(
+                        &limits.budgets,
+                        ask.tokens,
+                        ask.cost,
+                        (&periods.0, &periods.1),
+                    );
+                    c.mirror = Mirror::Redis(Arc::clone(&shared.redis));
+                    c
+                });
+                Ok(Admission {
                     requests: a.requests,
                     tokens: a.tokens,
                     slots: Slots {
@@ -570,9 +664,10 @@ impl Limits {
                     },
                     charge: (!a.token_keys.is_empty()).then(|| TokenCharge {
                         per: Vec::new(),
-                        reserved: tokens,
+                        reserved: ask.tokens,
                         shared: Some((Arc::clone(&shared.redis), a.token_keys)),
                     }),
+                    budget,
                 })
             }
             Err(e) => {
@@ -585,7 +680,7 @@ impl Limits {
                                 outcome: "counted_locally",
                             })
                             .inc();
-                        self.local.admit_with(limits, tokens, Instant::now())
+                        self.admit_locally(limits, ask, Mirror::Pending)
                     }
                     OnUnavailable::Closed => {
                         metrics
@@ -595,6 +690,53 @@ impl Limits {
                         Err(Refusal::Unavailable)
                     }
                 }
+            }
+        }
+    }
+
+    /// Budgets first, then rates, in this process; whichever refuses,
+    /// nothing stays charged.
+    fn admit_locally(
+        &self,
+        limits: &Applicable,
+        ask: Reservation,
+        mirror: Mirror,
+    ) -> Result<Admission, Refusal> {
+        let budget = if limits.budgets.iter().any(Budget::any) {
+            let periods = crate::budgets::periods(palisade_store::unix_now());
+            self.budgets
+                .reserve(
+                    &limits.budgets,
+                    ask.tokens,
+                    ask.cost,
+                    (&periods.0, &periods.1),
+                )
+                .map_err(Refusal::Budget)?
+        } else {
+            None
+        };
+        match self.local.admit_with(limits, ask.tokens, Instant::now()) {
+            Ok(mut admission) => {
+                admission.budget = budget.map(|mut c| {
+                    if matches!(mirror, Mirror::Pending) {
+                        self.budgets.add_pending(
+                            c.keys(),
+                            Spent {
+                                tokens: i64::try_from(ask.tokens).unwrap_or(i64::MAX),
+                                cost: ask.cost,
+                            },
+                        );
+                    }
+                    c.mirror = mirror;
+                    c
+                });
+                Ok(admission)
+            }
+            Err(refused) => {
+                if let Some(c) = &budget {
+                    self.budgets.settle(c, 0, 0.0);
+                }
+                Err(refused)
             }
         }
     }
@@ -617,6 +759,85 @@ impl Limits {
         }
     }
 
+    /// Settles a budget reservation against what the request used (`tokens`
+    /// costing `cost`), here and, off the request's path, in Redis; a
+    /// settlement Redis does not take waits as pending.
+    pub fn settle_budget(&self, charge: &BudgetCharge, tokens: u64, cost: f64) {
+        let delta = self.budgets.settle(charge, tokens, cost);
+        if delta == Spent::default() {
+            return;
+        }
+        match (&charge.mirror, &self.shared) {
+            (Mirror::None, _) | (_, None) => {}
+            (Mirror::Pending, Some(_)) => self.budgets.add_pending(charge.keys(), delta),
+            (Mirror::Redis(redis), Some(shared)) => {
+                let changes: Vec<_> = charge.keys().iter().map(|k| (k.clone(), delta)).collect();
+                let (redis, budgets, origin) = (
+                    Arc::clone(redis),
+                    Arc::clone(&self.budgets),
+                    shared.origin.clone(),
+                );
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let keyed = redis.budget_changes(&changes);
+                        if let Err(e) = redis.add_budgets(&origin, &keyed).await {
+                            tracing::warn!(error = %e, "budget settlement not delivered to Redis; it is kept and sent when Redis answers");
+                            for (k, d) in changes {
+                                budgets.add_pending(&[k], d);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sets this gateway's share of the shared budgets from its own
+    /// spending (read back from its ledger), at start-up before the first
+    /// request. If Redis does not answer, it is done when Redis answers
+    /// again.
+    pub async fn sync_budgets(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if let Err(e) = shared.sync(&self.budgets).await {
+            tracing::warn!(target: "palisade::limits", error = %e, "this gateway's budget spending is not in Redis yet; it is sent when Redis answers");
+        }
+    }
+
+    /// Sends what Redis has not received of this gateway's budget
+    /// spending, off the request's path, one delivery at a time.
+    fn deliver(&self, shared: &Arc<Shared>) {
+        if shared.delivering.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            shared.delivering.store(false, Ordering::Release);
+            return;
+        };
+        let (shared, budgets) = (Arc::clone(shared), Arc::clone(&self.budgets));
+        rt.spawn(async move {
+            let result = if shared.needs_sync.load(Ordering::Acquire) {
+                shared.sync(&budgets).await
+            } else {
+                let pending = budgets.take_pending();
+                let keyed = shared.redis.budget_changes(&pending);
+                let r = shared.redis.add_budgets(&shared.origin, &keyed).await;
+                if r.is_err() {
+                    for (k, d) in pending {
+                        budgets.add_pending(&[k], d);
+                    }
+                }
+                r
+            };
+            match result {
+                Ok(()) => tracing::info!(target: "palisade::limits", "budget spending counted while Redis was unreachable is now shared"),
+                Err(e) => tracing::warn!(target: "palisade::limits", error = %e, "budget spending not delivered to Redis; retried on the next admission"),
+            }
+            shared.delivering.store(false, Ordering::Release);
+        });
+    }
+
     /// Asks Redis whether it answers, at start-up, so that an unreachable
     /// backend is recorded before the first request.
     pub async fn probe(&self, audit: &crate::audit::Audit, metrics: &crate::metrics::Metrics) {
@@ -629,18 +850,31 @@ impl Limits {
 }
 
 impl Shared {
+    /// Sets this gateway's share of the shared budgets to its whole
+    /// spending this day and month; until that succeeds, it is retried.
+    async fn sync(&self, budgets: &Budgets) -> Result<(), SharedError> {
+        self.needs_sync.store(true, Ordering::Release);
+        let periods = crate::budgets::periods(palisade_store::unix_now());
+        // Pending changes are in the snapshot already.
+        drop(budgets.take_pending());
+        let snapshot = budgets.snapshot((&periods.0, &periods.1));
+        self.redis.sync_budgets(&self.origin, &snapshot).await?;
+        self.needs_sync.store(false, Ordering::Release);
+        Ok(())
+    }
+
     /// Records a change between reachable and unreachable: a log line, a
-    /// ledger entry and the metrics.
+    /// ledger entry and the metrics. Says whether Redis has just come back.
     fn switch(
         &self,
         up: bool,
         error: Option<&SharedError>,
         audit: &crate::audit::Audit,
         metrics: &crate::metrics::Metrics,
-    ) {
+    ) -> bool {
         // A plain load on the usual path; the swap only when it changes.
         if self.up.load(Ordering::Relaxed) == up || self.up.swap(up, Ordering::AcqRel) == up {
-            return;
+            return false;
         }
         metrics.limits_backend_up.set(i64::from(up));
         let mode = match self.on_unavailable {
@@ -673,6 +907,7 @@ impl Shared {
                 serde_json::json!({"backend": "redis", "on_unavailable": mode, "error": error}),
             );
         }
+        up
     }
 }
 

@@ -79,6 +79,12 @@ pub struct KeyRequest {
     /// Tokens per UTC month for this key.
     #[serde(default)]
     pub monthly_tokens: Option<u64>,
+    /// Cost per UTC day for this key.
+    #[serde(default)]
+    pub daily_cost: Option<f64>,
+    /// Cost per UTC month for this key.
+    #[serde(default)]
+    pub monthly_cost: Option<f64>,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
@@ -149,6 +155,8 @@ pub fn new_key(
             tpm: req.tpm,
             daily_tokens: req.daily_tokens,
             monthly_tokens: req.monthly_tokens,
+            daily_cost: req.daily_cost,
+            monthly_cost: req.monthly_cost,
         },
         expires_at,
         owner: req.owner,
@@ -440,6 +448,8 @@ pub fn key_json(k: &KeyRecord, now: i64) -> Value {
             "tpm": k.scope.tpm,
             "daily_tokens": k.scope.daily_tokens,
             "monthly_tokens": k.scope.monthly_tokens,
+            "daily_cost": k.scope.daily_cost,
+            "monthly_cost": k.scope.monthly_cost,
             "concurrency": k.scope.concurrency,
         },
         "expires_at": k.expires_at.map(rfc3339),

@@ -185,64 +185,26 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         principal.tenant(),
         principal.app(),
     );
-    let budgets = plan.budgets(
-        principal.key_id().as_str(),
-        principal.scope(),
-        principal.tenant(),
-        principal.app(),
-    );
-    let needs_estimate =
-        !applicable.tokens.is_empty() || budgets.iter().any(crate::budgets::Budget::any);
-    let (cost, price) = if needs_estimate {
+    let (ask, price) = if applicable.counts_tokens() {
         let completion = match endpoint {
             Endpoint::Embeddings => 0,
             _ => asked.unwrap_or(crate::limits::DEFAULT_COMPLETION_RESERVE),
         };
         let prompt = crate::tokens::estimate_prompt(&body, openai);
-        ((prompt + completion, prompt, completion), price)
+        let ask = crate::limits::Reservation {
+            tokens: prompt + completion,
+            cost: price.map_or(0.0, |p| p.cost(prompt, completion)),
+        };
+        (ask, price)
     } else {
-        ((0, 0, 0), None)
+        (crate::limits::Reservation::default(), None)
     };
     // Budgets first, then rates; whichever refuses, nothing stays charged.
-    let periods = crate::budgets::periods(palisade_store::unix_now());
-    let budget = match state.budgets().reserve(
-        &budgets,
-        cost.0,
-        price.map_or(0.0, |p| p.cost(cost.1, cost.2)),
-        (&periods.0, &periods.1),
-    ) {
-        Ok(charge) => charge,
-        Err(exceeded) => {
-            return Err(ApiError::new(
-                ErrorKind::BudgetExceeded,
-                dialect,
-                format!(
-                    "this {}'s budget ({}) is spent; it renews with the next {}",
-                    exceeded.level.as_str(),
-                    exceeded.which,
-                    if exceeded.which.starts_with("daily") {
-                        "day (UTC)"
-                    } else {
-                        "month (UTC)"
-                    }
-                ),
-            )
-            .with_reason(exceeded.reason()));
-        }
-    };
-    let admission = match state
+    let admission = state
         .limits()
-        .admit(&applicable, cost.0, state.audit(), state.metrics())
+        .admit(&applicable, ask, state.audit(), state.metrics())
         .await
-    {
-        Ok(admitted) => admitted,
-        Err(refused) => {
-            if let Some(b) = &budget {
-                state.budgets().settle(b, 0, 0.0);
-            }
-            return Err(rate_refusal(refused, dialect));
-        }
-    };
+        .map_err(|refused| rate_refusal(refused, dialect))?;
     let (rate, token_rate) = (admission.requests, admission.tokens);
 
     // Data protection, on every string the provider would see.
@@ -377,7 +339,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     let mut completion = Completion::new_limited(
         admission.slots,
         admission.charge,
-        budget.map(|b| (b, price)),
+        admission.budget.map(|b| (b, price)),
         state.clone(),
         Exchange {
             request_id: request_id.as_str().to_owned(),
@@ -593,6 +555,20 @@ fn rate_refusal(refused: crate::limits::Refusal, dialect: Dialect) -> ApiError {
             ),
         )
         .with_retry_after(std::time::Duration::from_secs(1)),
+        Refusal::Budget(exceeded) => ApiError::new(
+            ErrorKind::BudgetExceeded,
+            dialect,
+            format!(
+                "this {}'s budget ({}) is spent; it renews with the next {}",
+                exceeded.level.as_str(),
+                exceeded.which,
+                if exceeded.which.starts_with("daily") {
+                    "day (UTC)"
+                } else {
+                    "month (UTC)"
+                }
+            ),
+        ),
         Refusal::Unavailable => ApiError::new(
             ErrorKind::LimitsUnavailable,
             dialect,

@@ -10,6 +10,16 @@
 //! again. Concurrency is a sorted set of leases per limited thing: a slot
 //! is given back when the exchange ends, and a node that dies without
 //! giving its slots back loses them when their lease runs out.
+//!
+//! Budgets are checked and charged by the same script, before the rates.
+//! A budget period is a hash with one pair of fields per gateway —
+//! `t:<origin>` (tokens) and `c:<origin>` (cost in billionths of the
+//! currency unit, so that sums are exact) — where `<origin>` is the
+//! gateway's ledger origin, stable across restarts. The budget's spending
+//! is the sum over all gateways. At start-up each gateway sets its own
+//! fields from its own ledger ([`RedisLimits::sync_budgets`]), so a
+//! gateway that crashed with reservations in flight does not leave them
+//! charged, and a gateway that restarts does not count twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +27,8 @@ use std::time::Duration;
 use palisade_config::LimitsConfig;
 use redis::aio::ConnectionManager;
 
-use crate::limits::{Applicable, Level, RateStatus, Refusal};
+use crate::budgets::{BudgetKey, Exceeded, Period, Spent};
+use crate::limits::{Applicable, Level, RateStatus, Refusal, Reservation};
 
 /// How long a concurrency slot is held if the node holding it never gives
 /// it back (it crashed); a stream longer than this loses its slot early.
@@ -29,7 +40,25 @@ local cost, member, lease = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local MINUTE = 60000000
+local INDEX_TTL = 3456000000
 local function limit(i) return tonumber(ARGV[6 + i]) end
+local b = 6 + nr + nt + nc
+local nb, kb = tonumber(ARGV[b + 1]), nr + nt + nc
+local node, btok, bcost = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+local function blimit(i, j) return tonumber(ARGV[b + 4 + 3 * (i - 1) + j]) end
+for i = 1, nb do
+  local tl, cl = blimit(i, 1), blimit(i, 2)
+  if tl >= 0 or cl >= 0 then
+    local vals = redis.call('HGETALL', KEYS[kb + i])
+    local t, c = 0, 0
+    for j = 1, #vals, 2 do
+      local v = tonumber(vals[j + 1]) or 0
+      if string.byte(vals[j], 1) == 116 then t = t + v else c = c + v end
+    end
+    if tl >= 0 and t + tonumber(btok) > tl then return {4, i - 1, 0} end
+    if cl >= 0 and c + tonumber(bcost) > cl then return {4, i - 1, 1} end
+  end
+end
 local function gcra(k, per_minute, amount)
   local interval = math.floor(MINUTE / per_minute)
   local tat = tonumber(redis.call('GET', k) or '0')
@@ -79,6 +108,14 @@ end
 for i = 1, nr do
   redis.call('SET', KEYS[i], string.format('%.0f', rnew[i][1]), 'PX', math.floor(rnew[i][2] / 1000) + 1000)
 end
+for i = 1, nb do
+  local k = KEYS[kb + i]
+  redis.call('HINCRBY', k, 't:' .. node, btok)
+  redis.call('HINCRBY', k, 'c:' .. node, bcost)
+  redis.call('PEXPIRE', k, blimit(i, 3))
+  redis.call('SADD', KEYS[kb + nb + 1], k)
+end
+if nb > 0 then redis.call('PEXPIRE', KEYS[kb + nb + 1], INDEX_TTL) end
 return {0, req[1] or -1, req[2] or -1, req[3] or -1, tok[1] or -1, tok[2] or -1, tok[3] or -1}
 ";
 
@@ -100,6 +137,47 @@ for i = 1, #KEYS do
 end
 return 0
 ";
+
+/// Sets this gateway's share of every budget period it has charged: the
+/// periods in the arguments to the values given, every other period in its
+/// index to nothing (reservations that never completed).
+const SYNC: &str = r"
+local node = ARGV[1]
+local given = {}
+for i = 2, #KEYS do given[KEYS[i]] = true end
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not given[k] then
+    redis.call('HDEL', k, 't:' .. node, 'c:' .. node)
+    redis.call('SREM', KEYS[1], k)
+  end
+end
+for i = 2, #KEYS do
+  local a = 2 + 3 * (i - 2)
+  redis.call('HSET', KEYS[i], 't:' .. node, ARGV[a], 'c:' .. node, ARGV[a + 1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[a + 2])
+  redis.call('SADD', KEYS[1], KEYS[i])
+end
+redis.call('PEXPIRE', KEYS[1], 3456000000)
+return 0
+";
+
+/// How long a day's budget outlives its last charge.
+const DAY_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
+/// How long a month's budget outlives its last charge.
+const MONTH_TTL: Duration = Duration::from_secs(35 * 24 * 3600);
+
+/// A cost in billionths of the currency unit, as the shared budgets keep
+/// it.
+pub fn nanos(cost: f64) -> i64 {
+    (cost * 1e9).round() as i64
+}
+
+fn ttl(period: &Period) -> u64 {
+    match period {
+        Period::Day(_) => DAY_TTL.as_millis() as u64,
+        Period::Month(_) => MONTH_TTL.as_millis() as u64,
+    }
+}
 
 /// Why Redis did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +207,7 @@ pub struct RedisLimits {
     timeout: Duration,
     admit: redis::Script,
     settle: redis::Script,
+    sync: redis::Script,
 }
 
 impl std::fmt::Debug for RedisLimits {
@@ -163,11 +242,27 @@ impl RedisLimits {
             timeout: config.redis_timeout,
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
+            sync: redis::Script::new(SYNC),
         }))
     }
 
     fn key(&self, kind: &str, level: Level, who: &str) -> String {
         format!("{}:{kind}:{}:{who}", self.prefix, level.as_str())
+    }
+
+    /// `palisade:budget:tenant:acme:2026-11`.
+    fn budget_key(&self, (level, who, period): &BudgetKey) -> String {
+        format!(
+            "{}:budget:{}:{who}:{}",
+            self.prefix,
+            level.as_str(),
+            period.as_str()
+        )
+    }
+
+    /// The set of budget periods a gateway has charged.
+    fn budget_index(&self, node: &str) -> String {
+        format!("{}:budget-index:{node}", self.prefix)
     }
 
     async fn bounded<T>(
@@ -188,15 +283,19 @@ impl RedisLimits {
             .map(drop)
     }
 
-    /// Checks every limit in `limits` for a request costing `cost` tokens
-    /// and charges them all if all pass; `member` names this request's
-    /// concurrency leases.
+    /// Checks every limit and budget in `limits` for a request reserving
+    /// `ask`, in the `periods` (day, month) of now, and charges them all if
+    /// all pass; `node` names this gateway's share of the budgets and
+    /// `member` this request's concurrency leases.
     pub async fn admit(
         &self,
         limits: &Applicable,
-        cost: u64,
+        ask: Reservation,
+        periods: (&str, &str),
+        node: &str,
         member: &str,
     ) -> Result<Result<SharedAdmission, Refusal>, SharedError> {
+        let cost = ask.tokens;
         let mut inv = self.admit.prepare_invoke();
         for (level, who, _) in &limits.rates {
             inv.key(self.key("rpm", *level, who));
@@ -217,6 +316,14 @@ impl RedisLimits {
         for k in &slots {
             inv.key(k);
         }
+        let budget_periods = crate::budgets::keys_for(limits.budgets.iter(), periods);
+        let budget_keys: Vec<String> = budget_periods.iter().map(|k| self.budget_key(k)).collect();
+        for k in &budget_keys {
+            inv.key(k);
+        }
+        if !budget_keys.is_empty() {
+            inv.key(self.budget_index(node));
+        }
         inv.arg(limits.rates.len())
             .arg(limits.tokens.len())
             .arg(limits.concurrency.len())
@@ -231,6 +338,21 @@ impl RedisLimits {
         }
         for (_, _, n) in &limits.concurrency {
             inv.arg(*n);
+        }
+        inv.arg(budget_keys.len())
+            .arg(node)
+            .arg(ask.tokens)
+            .arg(nanos(ask.cost));
+        let or_none = |v: Option<i64>| v.unwrap_or(-1);
+        for b in limits.budgets.iter().filter(|b| b.any()) {
+            let l = &b.limits;
+            let tokens = |t: Option<u64>| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+            inv.arg(or_none(tokens(l.daily_tokens)))
+                .arg(or_none(l.daily_cost.map(nanos)))
+                .arg(DAY_TTL.as_millis() as u64)
+                .arg(or_none(tokens(l.monthly_tokens)))
+                .arg(or_none(l.monthly_cost.map(nanos)))
+                .arg(MONTH_TTL.as_millis() as u64);
         }
         let mut conn = self.conn.clone();
         let out: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
@@ -256,6 +378,23 @@ impl RedisLimits {
                 slots,
                 token_keys,
             })),
+            [4, i, kind] => {
+                let Some((level, _, period)) =
+                    usize::try_from(*i).ok().and_then(|i| budget_periods.get(i))
+                else {
+                    return Err(SharedError::Unexpected(out));
+                };
+                let which = match (period, kind) {
+                    (Period::Day(_), 0) => "daily_tokens",
+                    (Period::Month(_), 0) => "monthly_tokens",
+                    (Period::Day(_), _) => "daily_cost",
+                    (Period::Month(_), _) => "monthly_cost",
+                };
+                Ok(Err(Refusal::Budget(Exceeded {
+                    level: *level,
+                    which,
+                })))
+            }
             [1, i, limit, left, reset, retry] => match level(&limits.rates, *i) {
                 Some(level) => Ok(Err(Refusal::Rate {
                     level,
@@ -319,5 +458,80 @@ impl RedisLimits {
         }
         let mut conn = self.conn.clone();
         self.bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Adds `delta` to this gateway's share of the budget periods `keys`
+    /// (a settlement, or spending counted while Redis was unreachable).
+    pub async fn add_budgets(
+        &self,
+        node: &str,
+        changes: &[(String, Spent, u64)],
+    ) -> Result<(), SharedError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (t, c) = (format!("t:{node}"), format!("c:{node}"));
+        let index = self.budget_index(node);
+        let mut pipe = redis::pipe();
+        for (k, delta, ttl) in changes {
+            pipe.hincr(k, &t, delta.tokens).ignore();
+            pipe.hincr(k, &c, nanos(delta.cost)).ignore();
+            pipe.pexpire(k, *ttl as i64).ignore();
+            pipe.sadd(&index, k).ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// The Redis key of each budget period, with how long it is kept.
+    pub fn budget_changes(&self, changes: &[(BudgetKey, Spent)]) -> Vec<(String, Spent, u64)> {
+        changes
+            .iter()
+            .map(|(k, d)| (self.budget_key(k), *d, ttl(&k.2)))
+            .collect()
+    }
+
+    /// Sets this gateway's share of the shared budgets to `spent` (its
+    /// own spending this day and month, from its ledger) and clears its
+    /// share of every other period it charged before.
+    pub async fn sync_budgets(
+        &self,
+        node: &str,
+        spent: &[(BudgetKey, Spent)],
+    ) -> Result<(), SharedError> {
+        let mut inv = self.sync.prepare_invoke();
+        inv.key(self.budget_index(node)).arg(node);
+        for (k, s) in spent {
+            inv.key(self.budget_key(k))
+                .arg(s.tokens.max(0))
+                .arg(nanos(s.cost).max(0))
+                .arg(ttl(&k.2));
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// This gateway's and every gateway's spending in the budget period
+    /// `key`, as Redis has it: (tokens, cost).
+    pub async fn budget_spent(&self, key: &BudgetKey) -> Result<(i64, f64), SharedError> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<(String, i64)> = self
+            .bounded(
+                redis::cmd("HGETALL")
+                    .arg(self.budget_key(key))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let (mut t, mut c) = (0i64, 0i64);
+        for (f, v) in fields {
+            if f.starts_with("t:") {
+                t += v;
+            } else {
+                c += v;
+            }
+        }
+        Ok((t, c as f64 / 1e9))
     }
 }

@@ -224,8 +224,8 @@ impl Completion {
         if let (Some((charge, price)), Some(u)) = (self.budget.take(), usage.as_ref()) {
             let cost = price.map_or(0.0, |p| p.cost(u.prompt_tokens, u.completion_tokens));
             self.state
-                .budgets()
-                .settle(&charge, u.prompt_tokens + u.completion_tokens, cost);
+                .limits()
+                .settle_budget(&charge, u.prompt_tokens + u.completion_tokens, cost);
         }
         let usage = usage.unwrap_or_default();
         let error = match outcome {

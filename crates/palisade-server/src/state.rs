@@ -35,7 +35,6 @@ struct Inner {
     audit: Audit,
     protections: Protections,
     limits: crate::limits::Limits,
-    budgets: crate::budgets::Budgets,
     draining: AtomicBool,
 }
 
@@ -62,7 +61,6 @@ impl AppState {
                 access_log,
                 audit,
                 limits,
-                budgets: crate::budgets::Budgets::default(),
                 protections,
                 draining: AtomicBool::new(false),
             }),
@@ -97,11 +95,6 @@ impl AppState {
     /// Which limits apply, and where they are counted.
     pub fn limits(&self) -> &crate::limits::Limits {
         &self.inner.limits
-    }
-
-    /// Spending against budgets, this month.
-    pub fn budgets(&self) -> &crate::budgets::Budgets {
-        &self.inner.budgets
     }
 
     pub fn access_log(&self) -> &AccessLog {

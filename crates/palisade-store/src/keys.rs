@@ -200,7 +200,7 @@ impl Refusal {
 }
 
 /// What the caller supplies to create a key.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NewKey {
     pub tenant: String,
     pub app: String,
@@ -246,7 +246,7 @@ pub struct PreviousSecret {
 }
 
 /// A stored key: everything but the secret. Times are Unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyRecord {
     pub id: KeyId,
     pub tenant: String,

@@ -11,7 +11,7 @@ pub const ANY: &str = "*";
 
 /// A key's scope. The default allows everything from anywhere, which is
 /// what keys made before scopes existed get.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Scope {
     /// Model names the key may ask for: exact names or globs (`*` any run
@@ -43,6 +43,12 @@ pub struct Scope {
     /// Tokens per UTC month for this key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub monthly_tokens: Option<u64>,
+    /// Cost per UTC day for this key, in the models' price currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_cost: Option<f64>,
+    /// Cost per UTC month for this key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_cost: Option<f64>,
 }
 
 impl Default for Scope {
@@ -58,6 +64,8 @@ impl Default for Scope {
             tpm: None,
             daily_tokens: None,
             monthly_tokens: None,
+            daily_cost: None,
+            monthly_cost: None,
         }
     }
 }
@@ -74,6 +82,8 @@ pub enum ScopeError {
     BadNetwork(String),
     #[error("max_tokens, rpm, tpm and concurrency must be at least 1")]
     BadMaxTokens,
+    #[error("a cost budget must be a number above 0")]
+    BadCost,
     #[error("a client certificate fingerprint is 64 lowercase hex characters (SHA-256)")]
     BadFingerprint,
 }
@@ -96,6 +106,13 @@ impl Scope {
             || [self.daily_tokens, self.monthly_tokens].contains(&Some(0))
         {
             return Err(ScopeError::BadMaxTokens);
+        }
+        if [self.daily_cost, self.monthly_cost]
+            .iter()
+            .flatten()
+            .any(|c| !c.is_finite() || *c <= 0.0)
+        {
+            return Err(ScopeError::BadCost);
         }
         if let Some(fp) = &self.client_cert
             && !is_fingerprint(fp)
@@ -259,6 +276,18 @@ mod tests {
         };
         assert!(!s.any_model());
         assert!(s.allows_endpoint("embeddings") && !s.allows_endpoint("chat_completions"));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let s = Scope {
+                daily_cost: Some(bad),
+                ..Scope::default()
+            };
+            assert_eq!(s.validate(), Err(ScopeError::BadCost), "{bad}");
+        }
+        let s = Scope {
+            monthly_cost: Some(12.5),
+            ..Scope::default()
+        };
+        assert!(s.validate().is_ok());
         // Keys made before scopes existed have `{}` stored: everything.
         let old: Scope = serde_json::from_str("{}").unwrap();
         assert_eq!(old, Scope::default());

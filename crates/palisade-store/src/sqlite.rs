@@ -676,6 +676,8 @@ mod tests {
             tpm: Some(40_000),
             daily_tokens: Some(1_000_000),
             monthly_tokens: None,
+            daily_cost: None,
+            monthly_cost: Some(250.5),
         };
         new.expires_at = Some(5000);
         new.owner = Some("search-team".into());

@@ -292,6 +292,12 @@ pub enum KeysCommand {
         /// Tokens per UTC month for this key.
         #[arg(long)]
         monthly_tokens: Option<u64>,
+        /// Cost per UTC day for this key, at the models' prices.
+        #[arg(long)]
+        daily_cost: Option<f64>,
+        /// Cost per UTC month for this key, at the models' prices.
+        #[arg(long)]
+        monthly_cost: Option<f64>,
         /// Bind the key to this client certificate (PEM): over mutual TLS,
         /// the key works only with it.
         #[arg(long)]

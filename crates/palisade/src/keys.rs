@@ -129,6 +129,8 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             tpm,
             daily_tokens,
             monthly_tokens,
+            daily_cost,
+            monthly_cost,
             cert,
             owner,
             ticket,
@@ -152,6 +154,8 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 tpm,
                 daily_tokens,
                 monthly_tokens,
+                daily_cost,
+                monthly_cost,
                 owner,
                 ticket,
                 labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -477,6 +481,8 @@ fn key_request_json(r: &KeyRequest) -> Value {
     set("tpm", json!(r.tpm));
     set("daily_tokens", json!(r.daily_tokens));
     set("monthly_tokens", json!(r.monthly_tokens));
+    set("daily_cost", json!(r.daily_cost));
+    set("monthly_cost", json!(r.monthly_cost));
     set("owner", json!(r.owner));
     set("ticket", json!(r.ticket));
     if !r.labels.is_empty() {

@@ -23,7 +23,7 @@ pub(crate) fn acme(limits: LimitConfig) -> TenantConfig {
 }
 
 /// A one-message chat request asking for `max` completion tokens.
-fn ask(stream: bool, max: u32) -> String {
+pub(crate) fn ask(stream: bool, max: u32) -> String {
     format!(
         r#"{{"model":"gpt-test","stream":{stream},"max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
     )
@@ -464,4 +464,51 @@ async fn a_key_can_have_a_budget_of_its_own() {
         .find(|e| e["kind"] == "request.denied")
         .unwrap();
     assert_eq!(denied["reason"], "budget_exceeded_key");
+}
+
+#[tokio::test]
+async fn a_key_can_have_a_cost_budget_that_survives_a_restart() {
+    let mut app = spawn_with(MockOptions::default(), |c| {
+        c.models[0].price = Some(palisade_config::Price {
+            input: 2.5,
+            output: 10.0,
+        });
+    })
+    .await;
+    // $0.01 a month: 1,000 completion tokens at $10 per million.
+    let key = key_with(
+        &app,
+        Scope {
+            monthly_cost: Some(0.01),
+            ..Scope::default()
+        },
+    )
+    .await;
+    // Alone, 990 completion tokens (and the prompt) would fit.
+    assert_eq!(
+        chat_with(&app, &key, ask(false, 500), &[]).await.status,
+        200
+    );
+    // The first request really cost $0.0001825 (25 + 12 tokens): 990 more
+    // asked for now pass the line, 900 still fit.
+    let refused = |r: &Reply| {
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+        assert!(r.text().contains("monthly_cost"), "{}", r.text());
+    };
+    refused(&chat_with(&app, &key, ask(false, 990), &[]).await);
+    // What was spent is read back from the ledger after a restart.
+    app.restart().await;
+    refused(&chat_with(&app, &key, ask(false, 990), &[]).await);
+    assert_eq!(
+        chat_with(&app, &key, ask(false, 900), &[]).await.status,
+        200
+    );
+    let entries = app.ledger_entries().await;
+    let denied: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "request.denied")
+        .collect();
+    assert_eq!(denied.len(), 2);
+    assert!(denied.iter().all(|e| e["reason"] == "budget_exceeded_key"));
 }

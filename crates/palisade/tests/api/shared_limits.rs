@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::binary::{BIN, palisade, stderr, stdout, terminate, wait_ready, write_config};
 use crate::helpers::*;
-use crate::limits::acme;
+use crate::limits::{acme, ask};
 
 const CHAT: &str = r#"{"model":"gpt-test","messages":[]}"#;
 
@@ -414,4 +414,170 @@ async fn requests_without_limits_never_wait_for_redis() {
     .await;
     let r = chat(&app, CHAT, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Tokens this gateway's ledger says were used this day.
+async fn ledger_tokens(app: &TestApp) -> i64 {
+    app.ledger_entries()
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "request.completed")
+        .map(|e| e["prompt_tokens"].as_i64().unwrap() + e["completion_tokens"].as_i64().unwrap())
+        .sum()
+}
+
+/// Today's budget of tenant `acme` in Redis.
+fn acme_today() -> palisade_server::budgets::BudgetKey {
+    let (day, _) = palisade_server::budgets::periods(palisade_store::unix_now());
+    (
+        palisade_server::limits::Level::Tenant,
+        "acme".to_owned(),
+        palisade_server::budgets::Period::Day(day),
+    )
+}
+
+/// Waits until Redis holds `want` tokens spent in tenant `acme`'s budget
+/// today (settlements reach Redis off the request's path).
+async fn redis_spent_becomes(redis: &palisade_server::redis_limits::RedisLimits, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (tokens, _) = redis.budget_spent(&acme_today()).await.unwrap();
+        if tokens == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis holds {tokens} tokens spent, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_share_budgets_and_a_restart_sets_its_share_from_its_ledger() {
+    let Some(url) =
+        redis_url("two_gateways_share_budgets_and_a_restart_sets_its_share_from_its_ledger")
+    else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let backend = shared(&url, &prefix, OnUnavailable::Closed);
+    let budget = LimitConfig {
+        daily_tokens: Some(1500),
+        ..LimitConfig::default()
+    };
+    let mut a = gateway(backend.clone(), budget).await;
+    let b = gateway(backend.clone(), budget).await;
+    let redis = palisade_server::redis_limits::RedisLimits::new(&backend, None).unwrap();
+
+    // A reserves 1,000 twice and spends a few dozen; B sees what A spent.
+    for _ in 0..2 {
+        assert_eq!(chat(&a, &ask(false, 1000), &[]).await.status, 200);
+    }
+    let spent_a = ledger_tokens(&a).await;
+    assert!(spent_a > 0);
+    redis_spent_becomes(&redis, spent_a).await;
+    // 1,450 more would fit a budget of B's own; shared, it passes the line.
+    let r = chat(&b, &ask(false, 1450), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    assert!(r.text().contains("daily_tokens"), "{}", r.text());
+    let denied: Vec<Value> = b
+        .ledger_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "request.denied")
+        .collect();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["reason"], "budget_exceeded_tenant");
+    assert_eq!(chat(&b, &ask(false, 10), &[]).await.status, 200);
+    let spent_b = ledger_tokens(&b).await;
+    redis_spent_becomes(&redis, spent_a + spent_b).await;
+
+    // A gateway that crashed with a reservation in flight left it in its
+    // share (here: put there by hand); 600 more do not fit...
+    let node = a.ledger_entries().await[0]["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stale = palisade_server::budgets::Spent {
+        tokens: 1000,
+        cost: 0.0,
+    };
+    redis
+        .add_budgets(&node, &redis.budget_changes(&[(acme_today(), stale)]))
+        .await
+        .unwrap();
+    redis_spent_becomes(&redis, spent_a + spent_b + 1000).await;
+    let r = chat(&b, &ask(false, 600), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    // ...until it starts again: its share is set from its own ledger,
+    // which holds what it completed and nothing else.
+    a.restart().await;
+    redis_spent_becomes(&redis, spent_a + spent_b).await;
+    assert_eq!(ledger_tokens(&a).await, spent_a);
+    assert_eq!(chat(&b, &ask(false, 600), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn budget_spending_counted_during_an_outage_reaches_redis_when_it_answers() {
+    let Some(url) =
+        redis_url("budget_spending_counted_during_an_outage_reaches_redis_when_it_answers")
+    else {
+        return;
+    };
+    let relay = Relay::start(0, redis_addr(&url)).await;
+    let prefix = fresh_prefix();
+    let via = shared(
+        &format!("redis://127.0.0.1:{}/0", relay.port),
+        &prefix,
+        OnUnavailable::Open,
+    );
+    let budget = LimitConfig {
+        daily_tokens: Some(100_000),
+        ..LimitConfig::default()
+    };
+    let a = gateway(via, budget).await;
+    let redis = palisade_server::redis_limits::RedisLimits::new(
+        &shared(&url, &prefix, OnUnavailable::Open),
+        None,
+    )
+    .unwrap();
+    assert_eq!(chat(&a, &ask(false, 1000), &[]).await.status, 200);
+    redis_spent_becomes(&redis, ledger_tokens(&a).await).await;
+
+    // Redis goes away: A counts by itself (open), a reservation and its
+    // settlement both kept for Redis.
+    let port = relay.cut();
+    let auth = format!("Bearer {}", a.key);
+    for _ in 0..2 {
+        assert_eq!(chat(&a, &ask(false, 1000), &[]).await.status, 200);
+    }
+    let resp = a
+        .open(
+            http::Method::POST,
+            &a.url("/v1/chat/completions"),
+            &[("authorization", &auth)],
+            ask(true, 700),
+        )
+        .await;
+    read_events(resp.into_body()).await;
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"palisade_limits_fallbacks_total{outcome="counted_locally"}"#
+        ),
+        Some(3.0)
+    );
+
+    // Back: the next admission finds Redis and hands over what it missed.
+    let _relay = Relay::start(port, redis_addr(&url)).await;
+    let small = ask(false, 10);
+    eventually(200, || chat(&a, &small, &[])).await;
+    redis_spent_becomes(&redis, ledger_tokens(&a).await).await;
+    assert_eq!(
+        kinds(&a.ledger_entries().await, "limits."),
+        ["limits.backend_unavailable", "limits.backend_available"]
+    );
 }
