@@ -5,21 +5,27 @@
 //! about 7 MB of table once the first count needs them); the counting is
 //! Palisade's, because the reference pre-tokenizer is a backtracking regex
 //! (~9 MB/s) and `tiktoken-rs`'s encoder holds its ranks three times over
-//! (~40 MB): here the same split is made by a
-//! linear-time regex, with the one construct it lacks — `\s+(?!\S)`, a
-//! run of whitespace not followed by a non-space — done by hand, and each
-//! piece is looked up whole before it is merged pair by pair. The unit
-//! tests hold the count equal to `tiktoken-rs` over prose, code, other
-//! scripts and random text.
+//! (~40 MB): here the same split is made in one forward pass — where
+//! only ASCII decides a cut, directly; elsewhere by the pattern compiled
+//! to a lazily built DFA — with the one construct a DFA lacks,
+//! `\s+(?!\S)` (a run of whitespace not followed by a non-space), done by
+//! hand, and each piece is looked up whole before it is merged pair by
+//! pair. The unit tests hold the count equal to `tiktoken-rs` over prose,
+//! code, other scripts and random text, and the ASCII cuts equal the
+//! DFA's.
 //!
 //! Other providers' tokenizers are not public: their prompts are estimated
 //! at one token per four bytes. Either way the reservation is settled
 //! against the usage the provider reports.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::{Mutex, OnceLock};
 
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::{Anchored, MatchKind};
 use rustc_hash::FxHasher;
 
 /// The pre-tokenizer of `o200k_base` without its look-ahead alternative
@@ -51,7 +57,15 @@ type Ranks = HashMap<&'static [u8], u32, BuildHasherDefault<FxHasher>>;
 
 struct Encoding {
     ranks: Ranks,
-    split: regex::Regex,
+    /// The pre-tokenizer as a lazily built DFA. Every character begins
+    /// some piece, so each search is anchored where the last piece ended
+    /// and only its end is looked for — one forward pass over the text.
+    split: DFA,
+}
+
+thread_local! {
+    /// Each thread's states of the pre-tokenizer's DFA, built as met.
+    static SPLIT_CACHE: RefCell<Option<Cache>> = const { RefCell::new(None) };
 }
 
 impl Encoding {
@@ -89,19 +103,62 @@ impl Encoding {
                 ranks.len()
             ));
         }
-        let split = regex::Regex::new(PATTERN).map_err(|e| e.to_string())?;
+        let split = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .cache_capacity(1 << 20)
+                    // Never give up on a text that keeps the cache busy.
+                    .minimum_cache_clear_count(None),
+            )
+            .thompson(
+                regex_automata::nfa::thompson::Config::new()
+                    .which_captures(regex_automata::nfa::thompson::WhichCaptures::None),
+            )
+            .build(PATTERN)
+            .map_err(|e| e.to_string())?;
         Ok(Encoding { ranks, split })
     }
 
     /// The pieces the reference pre-tokenizer would cut `text` into.
     fn pieces<'t>(&self, text: &'t str, mut each: impl FnMut(&'t [u8])) {
+        SPLIT_CACHE.with_borrow_mut(|cache| {
+            let cache = cache.get_or_insert_with(|| self.split.create_cache());
+            self.pieces_with(cache, text, &mut each, true);
+        });
+    }
+
+    /// `ascii`: take [`ascii_piece_end`]'s answer where it has one (the
+    /// tests turn it off to compare).
+    fn pieces_with<'t>(
+        &self,
+        cache: &mut Cache,
+        text: &'t str,
+        each: &mut impl FnMut(&'t [u8]),
+        ascii: bool,
+    ) {
         let mut at = 0;
-        while let Some(m) = self.split.find_at(text, at) {
-            let mut end = m.end();
-            let piece = m.as_str();
+        let mut start = None;
+        while at < text.len() {
+            let found = match ascii
+                .then(|| ascii_piece_end(text.as_bytes(), at))
+                .flatten()
+            {
+                Some(end) => Some(end),
+                None => self.piece_end(cache, &mut start, text.as_bytes(), at),
+            };
+            let mut end = match found {
+                Some(end) if end > at => end,
+                // Every character begins a piece; should the search ever
+                // fail, the character stands alone.
+                _ => at + text[at..].chars().next().map_or(1, char::len_utf8),
+            };
+            let piece = &text[at..end];
             // `\s+(?!\S)`: a run of whitespace followed by a non-space
             // gives up its last character, which then leads the next piece.
             if end < text.len()
+                && end - at > 1
+                && !piece.as_bytes()[0].is_ascii_graphic()
                 && piece.chars().all(char::is_whitespace)
                 && !piece.contains(['\r', '\n'])
                 && piece.chars().nth(1).is_some()
@@ -109,9 +166,49 @@ impl Encoding {
                 let last = piece.chars().next_back().map_or(0, char::len_utf8);
                 end -= last;
             }
-            each(&text.as_bytes()[m.start()..end]);
+            each(&text.as_bytes()[at..end]);
             at = end;
         }
+    }
+
+    /// Where the piece that begins at `at` ends: the DFA walked byte by
+    /// byte from its anchored start, the last match before it dies.
+    /// `start` keeps the start state while the cache holds it.
+    fn piece_end(
+        &self,
+        cache: &mut Cache,
+        start: &mut Option<(usize, LazyStateID)>,
+        text: &[u8],
+        at: usize,
+    ) -> Option<usize> {
+        let dfa = &self.split;
+        let mut sid = match *start {
+            Some((clears, sid)) if clears == cache.clear_count() => sid,
+            _ => {
+                let config = regex_automata::util::start::Config::new().anchored(Anchored::Yes);
+                let sid = dfa.start_state(cache, &config).ok()?;
+                *start = Some((cache.clear_count(), sid));
+                sid
+            }
+        };
+        let mut end = None;
+        for (i, &b) in text.iter().enumerate().skip(at) {
+            sid = dfa.next_state(cache, sid, b).ok()?;
+            if sid.is_tagged() {
+                // Matches show one byte late: this state says a match
+                // ended before byte `i`.
+                if sid.is_match() {
+                    end = Some(i);
+                } else if sid.is_dead() || sid.is_quit() {
+                    return end;
+                }
+            }
+        }
+        sid = dfa.next_eoi_state(cache, sid).ok()?;
+        if sid.is_match() {
+            end = Some(text.len());
+        }
+        end
     }
 
     /// Tokens in one piece: looked up whole, else merged pair by pair,
@@ -142,6 +239,97 @@ impl Encoding {
         }
         (starts.len() - 1) as u64
     }
+}
+
+/// The end of the piece of the `o200k_base` pre-tokenizer (without its
+/// look-ahead alternative) that begins at `i`, worked out directly where
+/// only ASCII decides it — most prose and code — or `None` when a
+/// character that could change the answer is not ASCII (a letter, mark,
+/// digit, space or symbol of another script; `ſ`, which folds to `s` in a
+/// contraction). The pattern's alternatives, first match first:
+/// 1. `P? U* L+ C?` and 2. `P? U+ L* C?`: an optional leading character that
+///    is no letter, digit, CR or LF, then letters — capitals then small
+///    letters — then an optional contraction (`'s 't 're 've 'm 'll 'd`,
+///    any case);
+/// 3. one to three digits;
+/// 4. an optional space, symbols, then CRs, LFs (and `/`);
+/// 5. whitespace up to and including its last CR or LF;
+/// 6. whitespace (the look-ahead is the caller's).
+fn ascii_piece_end(b: &[u8], i: usize) -> Option<usize> {
+    // `None`: not ASCII; `Some(None)`: the end of the text.
+    let at = |k: usize| match b.get(k) {
+        Some(&c) if c >= 0x80 => None,
+        c => Some(c.copied()),
+    };
+    let is_ws = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let is_symbol = |c: u8| !is_ws(c) && !c.is_ascii_alphanumeric();
+    let c = at(i)??;
+    let next = at(i + 1);
+    let letter_at = if c.is_ascii_alphabetic() {
+        Some(i)
+    } else if c != b'\r' && c != b'\n' && !c.is_ascii_digit() {
+        // A leading `P`, if a letter follows; not-ASCII next could be one.
+        match next? {
+            Some(n) if n.is_ascii_alphabetic() => Some(i + 1),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    if let Some(j) = letter_at {
+        let mut k = j;
+        while at(k)?.is_some_and(|c| c.is_ascii_uppercase()) {
+            k += 1;
+        }
+        while at(k)?.is_some_and(|c| c.is_ascii_lowercase()) {
+            k += 1;
+        }
+        if at(k)? == Some(b'\'') {
+            let lower = |k: usize| at(k).map(|c| c.map(|c| c.to_ascii_lowercase()));
+            match lower(k + 1)? {
+                Some(b's' | b't' | b'm' | b'd') => return Some(k + 2),
+                Some(b'r') if lower(k + 2)? == Some(b'e') => return Some(k + 3),
+                Some(b'v') if lower(k + 2)? == Some(b'e') => return Some(k + 3),
+                Some(b'l') if lower(k + 2)? == Some(b'l') => return Some(k + 3),
+                _ => {}
+            }
+        }
+        return Some(k);
+    }
+    if c.is_ascii_digit() {
+        let mut k = i + 1;
+        while k < i + 3 && at(k)?.is_some_and(|c| c.is_ascii_digit()) {
+            k += 1;
+        }
+        return Some(k);
+    }
+    let symbols_at = if is_symbol(c) {
+        Some(i)
+    } else if c == b' ' && next?.is_some_and(is_symbol) {
+        Some(i + 1)
+    } else {
+        None
+    };
+    if let Some(j) = symbols_at {
+        let mut k = j;
+        while at(k)?.is_some_and(is_symbol) {
+            k += 1;
+        }
+        while matches!(b.get(k), Some(b'\r' | b'\n' | b'/')) {
+            k += 1;
+        }
+        return Some(k);
+    }
+    // Whitespace: the whole run (a not-ASCII space could continue it).
+    let mut k = i;
+    let mut last_newline = None;
+    while let Some(c) = at(k)?.filter(|c| is_ws(*c)) {
+        if c == b'\r' || c == b'\n' {
+            last_newline = Some(k);
+        }
+        k += 1;
+    }
+    Some(last_newline.map_or(k, |n| n + 1))
 }
 
 /// Tokens in `text` under `o200k_base`.
@@ -223,6 +411,55 @@ mod tests {
             let bytes: Vec<u8> = bpe._decode_native_and_split(vec![rank]).flatten().collect();
             assert_eq!(e.ranks.get(bytes.as_slice()), Some(&rank), "rank {rank}");
         }
+    }
+
+    /// The pieces of `text`, with or without the ASCII shortcut.
+    fn split(text: &str, ascii: bool) -> Vec<&str> {
+        let e = Encoding::get().expect("the ranks load");
+        let mut cache = e.split.create_cache();
+        let mut out = Vec::new();
+        e.pieces_with(
+            &mut cache,
+            text,
+            &mut |p| out.push(std::str::from_utf8(p).unwrap()),
+            ascii,
+        );
+        out
+    }
+
+    #[test]
+    fn the_ascii_shortcut_cuts_where_the_pattern_does() {
+        let alphabet: Vec<char> =
+            "aAbZzsStTrReEvVmMlLdD09 7  \t\n\r\x0b\x0c'''.,!-/()_\"#\x01éſ١\u{a0}\u{85}—Ａ\u{301}"
+                .chars()
+                .collect();
+        let ascii = alphabet.iter().take_while(|c| c.is_ascii()).count();
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let text: String = (0..len)
+                .map(|_| {
+                    // Mostly ASCII, as prose is.
+                    let pick = next() as usize;
+                    if pick.is_multiple_of(8) {
+                        alphabet[pick / 8 % alphabet.len()]
+                    } else {
+                        alphabet[pick / 8 % ascii]
+                    }
+                })
+                .collect();
+            assert_eq!(split(&text, true), split(&text, false), "{text:?}");
+        }
+        assert_eq!(
+            split("Hello  world's\n\n  (x)", true),
+            ["Hello", " ", " world's", "\n\n", " ", " (", "x", ")"]
+        );
     }
 
     #[test]
