@@ -14,6 +14,7 @@
 //! process environment.
 
 mod duration;
+mod routing;
 mod secret;
 
 use std::collections::HashSet;
@@ -25,6 +26,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use duration::{format_duration, parse_duration};
+pub use routing::{
+    CircuitConfig, Compliance, DEFAULT_SOC2_MAX_AGE_MONTHS, HealthCheck, Requirement,
+    RoutingConfig, Strategy, TargetConfig, add_months, civil_from_days, class_requirements,
+    days_from_civil, is_region, parse_date, region_within,
+};
 pub use secret::{Secret, SecretError, SecretRef};
 
 /// The prefix of environment overrides: `PALISADE__SERVER__LISTEN=...`.
@@ -41,6 +47,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub access: AccessConfig,
     pub limits: LimitsConfig,
+    pub routing: RoutingConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub tenants: Vec<TenantConfig>,
@@ -99,14 +106,27 @@ pub enum OnUnavailable {
 }
 
 /// A tenant's policy. Tenants without an entry get the defaults.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
     /// `phi`, `pci`, `pii` (or custom): each implies defaults (see
-    /// docs/data-protection.md).
+    /// docs/data-protection.md) and requirements on providers (see
+    /// docs/routing.md).
     #[serde(default)]
     pub data_classes: Vec<String>,
+    /// The regions this tenant's requests may be processed in (`us`
+    /// also admits `us-east-1`); empty: anywhere.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// What every provider serving this tenant must have attested, on top
+    /// of what its data classes require.
+    #[serde(default)]
+    pub require: Vec<Requirement>,
+    /// With `soc2` required: the oldest SOC 2 Type II report accepted,
+    /// counted from the end of its period (default 18).
+    #[serde(default)]
+    pub max_soc2_age_months: Option<u32>,
     #[serde(default)]
     pub dlp: DlpConfig,
     /// Limits for the whole tenant.
@@ -405,6 +425,19 @@ pub struct ProviderConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Where the provider processes requests (`us`, `eu`, `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// What the provider has attested.
+    #[serde(default)]
+    pub compliance: Compliance,
+    /// Active health checks; off unless set.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// When the provider's targets stop being tried, and how they are
+    /// probed again.
+    #[serde(default)]
+    pub circuit: CircuitConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -439,8 +472,15 @@ impl Default for Timeouts {
 pub struct ModelConfig {
     /// What clients ask for.
     pub name: String,
-    /// The `[[providers]]` entry that serves it.
+    /// The `[[providers]]` entry that serves it (or `targets`).
+    #[serde(default)]
     pub provider: String,
+    /// The providers that serve it, instead of `provider`.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    /// How `targets` are chosen.
+    #[serde(default)]
+    pub strategy: Strategy,
     /// The model name sent upstream; defaults to `name`.
     #[serde(default)]
     pub upstream_model: Option<String>,
@@ -467,6 +507,25 @@ impl Price {
 impl ModelConfig {
     pub fn upstream_model(&self) -> &str {
         self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The targets, `provider` and `upstream_model` being the one-target
+    /// form.
+    pub fn targets(&self) -> Vec<TargetConfig> {
+        if self.targets.is_empty() {
+            vec![TargetConfig {
+                provider: self.provider.clone(),
+                upstream_model: self.upstream_model.clone(),
+                weight: 1,
+            }]
+        } else {
+            self.targets.clone()
+        }
+    }
+
+    /// A target's upstream model name.
+    pub fn target_model<'a>(&'a self, t: &'a TargetConfig) -> &'a str {
+        t.upstream_model.as_deref().unwrap_or(&self.name)
     }
 }
 
@@ -568,6 +627,7 @@ impl Config {
             ledger: LedgerConfig::default(),
             access: AccessConfig::default(),
             limits: LimitsConfig::default(),
+            routing: RoutingConfig::default(),
             providers: Vec::new(),
             models: Vec::new(),
             tenants: Vec::new(),
@@ -687,6 +747,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
     let tenants = section::<Vec<TenantConfig>>(&mut table, "tenants", problems);
     let access = section::<AccessConfig>(&mut table, "access", problems);
     let limits = section::<LimitsConfig>(&mut table, "limits", problems);
+    let routing = section::<RoutingConfig>(&mut table, "routing", problems);
     for key in table.keys() {
         problems.push(Problem {
             path: key.clone(),
@@ -699,6 +760,7 @@ fn raw_from_table(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option
         ledger: ledger?,
         access: access?,
         limits: limits?,
+        routing: routing?,
         providers: providers?,
         models: models?,
         tenants: tenants?,
@@ -762,6 +824,9 @@ fn join_path(section: &str, path: &str) -> String {
 }
 
 /// The validated step.
+const REGION_RULE: &str =
+    "must be a region such as us, eu or us-east-1 (lowercase letters, digits, `-`)";
+
 fn validate(config: &Config, problems: &mut Vec<Problem>) {
     let mut push = |path: String, message: String| problems.push(Problem { path, message });
     let limits = &config.limits;
@@ -809,6 +874,14 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
             if !is_name(class) {
                 push(format!("tenants[{i}].data_classes[{j}]"), NAME_RULE.into());
             }
+        }
+        for (j, r) in t.regions.iter().enumerate() {
+            if !is_region(r) {
+                push(format!("tenants[{i}].regions[{j}]"), REGION_RULE.into());
+            }
+        }
+        if t.max_soc2_age_months == Some(0) {
+            push(at("max_soc2_age_months"), "must be at least 1".into());
         }
         for message in palisade_dlp::check_policy(&policy_input(&t.dlp)) {
             push(at("dlp"), message);
@@ -974,6 +1047,63 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
                 push(at(field), "must be greater than 0".into());
             }
         }
+        if let Some(r) = &p.region
+            && !is_region(r)
+        {
+            push(at("region"), REGION_RULE.into());
+        }
+        if let Some(d) = &p.compliance.soc2_type2_period_end
+            && parse_date(d).is_none()
+        {
+            push(
+                at("compliance.soc2_type2_period_end"),
+                format!("`{d}` is not a date such as 2026-03-31"),
+            );
+        }
+        if let Some(h) = &p.health_check {
+            if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_control() || c == ' ') {
+                push(
+                    at("health_check.path"),
+                    "must be a path such as /models".into(),
+                );
+            }
+            if h.interval < Duration::from_secs(1) || h.timeout.is_zero() {
+                push(
+                    at("health_check"),
+                    "interval must be at least 1s and timeout more than 0".into(),
+                );
+            }
+        }
+        let c = &p.circuit;
+        if c.failures == 0
+            || !(c.error_rate > 0.0 && c.error_rate <= 1.0)
+            || c.window.is_zero()
+            || c.min_requests == 0
+            || c.cooldown.is_zero()
+        {
+            push(
+                at("circuit"),
+                "failures and min_requests must be at least 1, error_rate in (0, 1], window and cooldown more than 0".into(),
+            );
+        }
+    }
+    let routing = &config.routing;
+    if routing.max_attempts == 0 || routing.max_attempts > 10 {
+        push(
+            "routing.max_attempts".into(),
+            "must be between 1 and 10".into(),
+        );
+    }
+    if routing.backoff.is_zero() || routing.backoff_max < routing.backoff {
+        push(
+            "routing.backoff".into(),
+            "must be more than 0 and no more than routing.backoff_max".into(),
+        );
+    }
+    for class in routing.classes.keys() {
+        if !is_name(class) {
+            push(format!("routing.classes.{class}"), NAME_RULE.into());
+        }
     }
 
     let mut model_names = HashSet::new();
@@ -985,11 +1115,51 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
         if !model_names.insert(m.name.as_str()) {
             push(at("name"), format!("duplicate model name `{}`", m.name));
         }
-        if !provider_names.contains(m.provider.as_str()) {
-            push(
+        match (m.provider.is_empty(), m.targets.is_empty()) {
+            (true, true) => push(
                 at("provider"),
-                format!("no [[providers]] entry is named `{}`", m.provider),
-            );
+                "name a provider, or list targets = [{ provider = \"…\" }, …]".into(),
+            ),
+            (false, false) => push(
+                at("targets"),
+                "give either provider or targets, not both".into(),
+            ),
+            _ => {}
+        }
+        let targets = m.targets();
+        let mut seen = HashSet::new();
+        for (j, t) in targets.iter().enumerate() {
+            let path = |field: &str| {
+                if m.targets.is_empty() {
+                    at(field)
+                } else {
+                    format!("models[{i}].targets[{j}].{field}")
+                }
+            };
+            if !t.provider.is_empty() && !provider_names.contains(t.provider.as_str()) {
+                push(
+                    path("provider"),
+                    format!("no [[providers]] entry is named `{}`", t.provider),
+                );
+            }
+            if t.weight == 0 {
+                push(path("weight"), "must be at least 1".into());
+            }
+            if !seen.insert((t.provider.as_str(), m.target_model(t))) {
+                push(
+                    path("provider"),
+                    "the same provider and upstream model twice".into(),
+                );
+            }
+            if let Some(u) = &t.upstream_model
+                && !m.targets.is_empty()
+                && (u.is_empty() || u.chars().any(char::is_control))
+            {
+                push(
+                    path("upstream_model"),
+                    "must be printable and not empty".into(),
+                );
+            }
         }
         if let Some(p) = &m.price
             && !(p.input.is_finite() && p.output.is_finite() && p.input >= 0.0 && p.output >= 0.0)

@@ -350,3 +350,123 @@ fn limits_section_defaults_and_validation() {
     .unwrap_err();
     assert_eq!(paths(&err), ["limits.redis_url"]);
 }
+
+#[test]
+fn routing_facts_targets_and_policies_load_and_are_checked() {
+    let good = format!(
+        "{SMALL}{}",
+        r#"
+[[providers]]
+name = "openai-eu"
+kind = "openai"
+base_url = "https://eu.example.com/v1"
+region = "eu-west-1"
+compliance = { soc2_type2_period_end = "2026-03-31", iso27001 = true, baa = true, zero_retention = true, trains_on_data = false, subprocessors = ["Example Cloud"] }
+health_check = { path = "/models", interval = "15s" }
+circuit = { failures = 3, cooldown = "10s" }
+
+[[models]]
+name = "gpt-4o"
+strategy = "weighted"
+targets = [
+  { provider = "local", upstream_model = "gpt-4o", weight = 3 },
+  { provider = "openai-eu" },
+]
+
+[routing]
+max_attempts = 2
+classes = { trade-secret = ["zero_retention", "no_training"] }
+
+[[tenants]]
+name = "acme"
+data_classes = ["phi", "trade-secret"]
+regions = ["eu"]
+require = ["iso27001"]
+max_soc2_age_months = 12
+"#
+    );
+    let c = Config::from_toml("t", &good, no_env()).unwrap();
+    let eu = &c.providers[1];
+    assert_eq!(eu.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(eu.compliance.trains_on_data, Some(false));
+    assert_eq!(eu.circuit.failures, 3);
+    assert_eq!(eu.circuit.min_requests, 20);
+    assert_eq!(
+        eu.health_check.as_ref().unwrap().timeout,
+        Duration::from_secs(5)
+    );
+    let m = &c.models[1];
+    assert_eq!(m.strategy, Strategy::Weighted);
+    let targets = m.targets();
+    assert_eq!((targets[0].weight, targets[1].weight), (3, 1));
+    assert_eq!(m.target_model(&targets[1]), "gpt-4o");
+    // The one-target form is a target too.
+    assert_eq!(c.models[0].targets()[0].provider, "local");
+    assert_eq!(c.routing.max_attempts, 2);
+    assert_eq!(c.routing.backoff, Duration::from_millis(100));
+    assert_eq!(
+        c.routing.classes["trade-secret"],
+        [Requirement::ZeroRetention, Requirement::NoTraining]
+    );
+    assert_eq!(c.tenants[0].require, [Requirement::Iso27001]);
+
+    let bad = format!(
+        "{SMALL}{}",
+        r#"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "https://p.example.com/v1"
+region = "EU West"
+compliance = { soc2_type2_period_end = "2026-02-30" }
+circuit = { error_rate = 1.5 }
+
+[[models]]
+name = "both"
+provider = "p"
+targets = [{ provider = "p" }]
+
+[[models]]
+name = "neither"
+
+[[models]]
+name = "bad-targets"
+targets = [{ provider = "nowhere" }, { provider = "p", weight = 0 }, { provider = "p" }]
+
+[routing]
+max_attempts = 0
+
+[[tenants]]
+name = "acme"
+regions = ["Mars!"]
+max_soc2_age_months = 0
+"#
+    );
+    let err = Config::from_toml("t", &bad, no_env()).unwrap_err();
+    let p = paths(&err);
+    for want in [
+        "providers[1].region",
+        "providers[1].compliance.soc2_type2_period_end",
+        "providers[1].circuit",
+        "models[1].targets",
+        "models[2].provider",
+        "models[3].targets[0].provider",
+        "models[3].targets[1].weight",
+        "models[3].targets[2].provider",
+        "routing.max_attempts",
+        "tenants[0].regions[0]",
+        "tenants[0].max_soc2_age_months",
+    ] {
+        assert!(p.contains(&want), "{want} missing from {err}");
+    }
+    let unknown = Config::from_toml(
+        "t",
+        &format!("{SMALL}\n[[tenants]]\nname = \"a\"\nrequire = [\"pci-dss\"]\n"),
+        no_env(),
+    )
+    .unwrap_err();
+    assert!(
+        unknown.to_string().contains("tenants[0].require"),
+        "{unknown}"
+    );
+}

@@ -41,6 +41,9 @@ pub struct MockOptions {
     pub words_per_chunk: usize,
     /// Words in each reply.
     pub reply_words: usize,
+    /// Answer every request with this status (as `x-mock-status` does for
+    /// one): a provider that is down.
+    pub status: Option<u16>,
 }
 
 impl Default for MockOptions {
@@ -50,6 +53,7 @@ impl Default for MockOptions {
             chunk_delay: Duration::ZERO,
             words_per_chunk: 2,
             reply_words: 12,
+            status: None,
         }
     }
 }
@@ -68,6 +72,7 @@ struct MockState {
     options: Arc<MockOptions>,
     seen: Arc<Mutex<Option<Seen>>>,
     dropped: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
 }
 
 /// A running mock provider.
@@ -75,6 +80,7 @@ pub struct MockServer {
     addr: SocketAddr,
     seen: Arc<Mutex<Option<Seen>>>,
     dropped: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -85,7 +91,13 @@ impl MockServer {
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(None));
         let dropped = Arc::new(AtomicUsize::new(0));
-        let app = router_with(options, Arc::clone(&seen), Arc::clone(&dropped));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let app = router_with(
+            options,
+            Arc::clone(&seen),
+            Arc::clone(&dropped),
+            Arc::clone(&requests),
+        );
         let task = tokio::spawn(async move {
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
@@ -96,6 +108,7 @@ impl MockServer {
             addr,
             seen,
             dropped,
+            requests,
             task,
         })
     }
@@ -112,6 +125,11 @@ impl MockServer {
     /// Streams abandoned by the reader before their end.
     pub fn streams_dropped(&self) -> usize {
         self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// How many API requests the mock has received.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 
     pub fn last_request(&self) -> Option<Seen> {
@@ -131,6 +149,7 @@ pub fn router(options: MockOptions) -> Router {
         options,
         Arc::new(Mutex::new(None)),
         Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
     )
 }
 
@@ -138,11 +157,13 @@ fn router_with(
     options: MockOptions,
     seen: Arc<Mutex<Option<Seen>>>,
     dropped: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
 ) -> Router {
     let state = MockState {
         options: Arc::new(options),
         seen,
         dropped,
+        requests,
     };
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -181,6 +202,7 @@ impl Plan {
         Self {
             status: header_u64(headers, "x-mock-status")
                 .and_then(|s| u16::try_from(s).ok())
+                .or(options.status)
                 .and_then(|s| StatusCode::from_u16(s).ok()),
             delay: header_u64(headers, "x-mock-delay-ms")
                 .map_or(options.latency, Duration::from_millis),
@@ -258,6 +280,7 @@ async fn begin(
     body: &Bytes,
 ) -> Result<Call, Response> {
     let path = uri.path();
+    state.requests.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut seen) = state.seen.lock() {
         *seen = Some(Seen {
             path: path.to_owned(),

@@ -184,6 +184,7 @@ impl Application {
         let protections =
             crate::protection::Protections::build(&config).map_err(BuildError::Dlp)?;
         let limits = build_limits(&config, audit.journal().origin(), env)?;
+        let policies = crate::routing::Policies::new(&config);
         let store = Arc::clone(&deps.store);
         let auth = Authenticator::new(deps.store, &config.access);
         let state = AppState::new(
@@ -196,6 +197,7 @@ impl Application {
             crate::state::Controls {
                 protections,
                 limits,
+                policies,
             },
         );
         state.limits().probe(state.audit(), state.metrics()).await;
@@ -275,6 +277,10 @@ impl Application {
             token.clone(),
         ));
         let housekeeping = tokio::spawn(housekeeping(self.state.clone(), token.clone()));
+        let health = tokio::spawn(crate::routing::health_checks(
+            self.state.clone(),
+            token.clone(),
+        ));
         let servers = async move {
             let (p, a) = tokio::join!(proxy, admin);
             p.map_err(std::io::Error::other)??;
@@ -297,6 +303,7 @@ impl Application {
         token.cancel();
         let _ = indexer.await;
         let _ = housekeeping.await;
+        let _ = health.await;
         // Everything queued goes into a final checkpoint.
         let journal = Arc::clone(self.state.audit().journal());
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
@@ -565,6 +572,10 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
             .extensions()
             .get::<crate::proxy::Detections>()
             .map(|d| &d.0);
+        let route = resp
+            .extensions()
+            .get::<crate::proxy::RouteRecord>()
+            .map(|r| &r.0);
         state.audit().denied(&Denied {
             request_id: request_id
                 .as_ref()
@@ -572,6 +583,7 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
                 .unwrap_or_default(),
             detections,
             reason,
+            route,
             status: status.as_u16(),
             method: method.as_str(),
             path: &path,

@@ -145,6 +145,8 @@ pub struct Received<'a> {
     pub stream: bool,
     /// Data protection's counts by kind and action.
     pub detections: Option<&'a Value>,
+    /// Routing's decision, when there was a choice or an exclusion.
+    pub route: Option<&'a Value>,
 }
 
 /// A `request.completed` entry's fields.
@@ -163,6 +165,9 @@ pub struct Completed<'a> {
     pub client_disconnected: bool,
     /// What data protection found in the answer.
     pub response_detections: Option<&'a Value>,
+    /// The provider that answered, and the attempts that failed before,
+    /// when the first did not.
+    pub failover: Option<(&'a str, &'a Value)>,
 }
 
 /// A `request.denied` entry's fields.
@@ -171,6 +176,8 @@ pub struct Denied<'a> {
     /// What data protection found, when it refused the request.
     pub detections: Option<&'a Value>,
     pub reason: &'a str,
+    /// Routing's exclusions, when no target was left.
+    pub route: Option<&'a Value>,
     pub status: u16,
     pub method: &'a str,
     pub path: &'a str,
@@ -253,6 +260,17 @@ impl Audit {
             }),
         )
         .await?;
+        // A provider whose attested facts changed is recorded on its own:
+        // routing decisions from here on rest on the new facts.
+        if let Some(previous) = &previous {
+            for (name, before, after) in facts_changes(previous, &current) {
+                self.record(
+                    "providers.facts_changed",
+                    json!({"provider": name, "before": before, "after": after}),
+                )
+                .await?;
+            }
+        }
         // Best effort: a missing summary only makes the next load a "first".
         let _ = std::fs::write(&summary_path, current.to_string());
         Ok(())
@@ -277,6 +295,9 @@ impl Audit {
         if let Some(found) = r.detections {
             fields["detections"] = found.clone();
         }
+        if let Some(route) = r.route {
+            fields["route"] = route.clone();
+        }
         self.record("request.received", fields).await
     }
 
@@ -298,6 +319,10 @@ impl Audit {
         });
         if let Some(found) = c.response_detections {
             fields["response_detections"] = found.clone();
+        }
+        if let Some((provider, failed)) = c.failover {
+            fields["provider"] = json!(provider);
+            fields["failed_attempts"] = failed.clone();
         }
         self.submit("request.completed", fields);
     }
@@ -328,6 +353,9 @@ impl Audit {
         if let Some(found) = d.detections {
             fields["detections"] = found.clone();
         }
+        if let Some(route) = d.route {
+            fields["route"] = route.clone();
+        }
         self.submit("request.denied", fields);
     }
 }
@@ -349,16 +377,51 @@ fn config_summary(config: &Config) -> Value {
         .providers
         .iter()
         .map(|p| {
+            let c = &p.compliance;
             json!({"name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url,
-                   "api_version": p.api_version, "credential": p.api_key.as_ref().map(ToString::to_string)})
+                   "api_version": p.api_version, "credential": p.api_key.as_ref().map(ToString::to_string),
+                   "facts": {"region": p.region, "soc2_type2_period_end": c.soc2_type2_period_end,
+                             "iso27001": c.iso27001, "baa": c.baa, "zero_retention": c.zero_retention,
+                             "trains_on_data": c.trains_on_data,
+                             "confidential_computing": c.confidential_computing,
+                             "subprocessors": c.subprocessors}})
         })
         .collect();
     let models: Vec<Value> = config
         .models
         .iter()
-        .map(|m| json!({"name": m.name, "provider": m.provider, "upstream_model": m.upstream_model()}))
+        .map(|m| {
+            let targets: Vec<Value> = m
+                .targets()
+                .iter()
+                .map(|t| json!({"provider": t.provider, "upstream_model": m.target_model(t), "weight": t.weight}))
+                .collect();
+            let first = m.targets().into_iter().next().map(|t| t.provider);
+            json!({"name": m.name, "provider": first, "upstream_model": m.upstream_model(),
+                   "targets": targets, "strategy": format!("{:?}", m.strategy).to_lowercase()})
+        })
         .collect();
     json!({"providers": providers, "models": models})
+}
+
+/// Providers in both summaries whose facts differ: (name, before, after).
+fn facts_changes(previous: &Value, current: &Value) -> Vec<(String, Value, Value)> {
+    let facts = |v: &Value| -> std::collections::BTreeMap<String, Value> {
+        v["providers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["name"].as_str()?.to_owned(), p["facts"].clone())))
+            .collect()
+    };
+    let (old, new) = (facts(previous), facts(current));
+    new.into_iter()
+        .filter_map(|(name, after)| {
+            let before = old.get(&name)?;
+            // Summaries written before facts were recorded have none.
+            (!before.is_null() && *before != after).then(|| (name, before.clone(), after))
+        })
+        .collect()
 }
 
 /// Names added, removed and changed, per section, between two summaries.

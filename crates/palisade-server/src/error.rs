@@ -51,6 +51,10 @@ pub enum ErrorKind {
     AuditUnavailable,
     /// The shared limits store is unreachable and the gateway fails closed.
     LimitsUnavailable,
+    /// No target of the model satisfies the tenant's routing policy.
+    NoCompliantProvider,
+    /// Every target that satisfies the policy has its circuit open.
+    NoHealthyProvider,
     Internal,
 }
 
@@ -77,6 +81,8 @@ impl ErrorKind {
             Self::Unavailable => "unavailable",
             Self::AuditUnavailable => "audit_unavailable",
             Self::LimitsUnavailable => "limits_unavailable",
+            Self::NoCompliantProvider => "no_compliant_provider",
+            Self::NoHealthyProvider => "no_healthy_provider",
             Self::Internal => "internal",
         }
     }
@@ -86,7 +92,7 @@ impl ErrorKind {
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
-            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::PermissionDenied | Self::NoCompliantProvider => StatusCode::FORBIDDEN,
             Self::ContentBlocked => StatusCode::BAD_REQUEST,
             Self::AuthThrottled | Self::RateLimited | Self::BudgetExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -97,9 +103,10 @@ impl ErrorKind {
             Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable | Self::AuditUnavailable | Self::LimitsUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable
+            | Self::AuditUnavailable
+            | Self::LimitsUnavailable
+            | Self::NoHealthyProvider => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,7 +123,7 @@ impl ErrorKind {
             | Self::MethodNotAllowed
             | Self::UpstreamRejected
             | Self::ContentBlocked => "invalid_request_error",
-            Self::PermissionDenied => "permission_error",
+            Self::PermissionDenied | Self::NoCompliantProvider => "permission_error",
             Self::UpstreamRateLimited | Self::AuthThrottled | Self::RateLimited => {
                 "rate_limit_error"
             }
@@ -127,6 +134,7 @@ impl ErrorKind {
             Self::Unavailable
             | Self::AuditUnavailable
             | Self::LimitsUnavailable
+            | Self::NoHealthyProvider
             | Self::Internal => "server_error",
         }
     }
@@ -140,7 +148,7 @@ impl ErrorKind {
             | Self::ContentBlocked => "invalid_request_error",
             Self::BodyTooLarge => "request_too_large",
             Self::MissingKey | Self::InvalidKey => "authentication_error",
-            Self::PermissionDenied => "permission_error",
+            Self::PermissionDenied | Self::NoCompliantProvider => "permission_error",
             Self::AuthThrottled | Self::RateLimited | Self::BudgetExceeded => "rate_limit_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::UpstreamRateLimited => "rate_limit_error",
@@ -148,7 +156,9 @@ impl ErrorKind {
             | Self::UpstreamTimeout
             | Self::UpstreamFailed
             | Self::Internal => "api_error",
-            Self::Unavailable | Self::LimitsUnavailable => "overloaded_error",
+            Self::Unavailable | Self::LimitsUnavailable | Self::NoHealthyProvider => {
+                "overloaded_error"
+            }
             Self::AuditUnavailable => "api_error",
         }
     }
@@ -171,6 +181,8 @@ impl ErrorKind {
             Self::UpstreamRateLimited => Some("upstream_rate_limited"),
             Self::AuditUnavailable => Some("audit_unavailable"),
             Self::LimitsUnavailable => Some("limits_unavailable"),
+            Self::NoCompliantProvider => Some("no_compliant_provider"),
+            Self::NoHealthyProvider => Some("no_healthy_provider"),
             _ => None,
         }
     }
@@ -299,6 +311,10 @@ impl ApiError {
                     ),
                 }
             }
+            UpstreamErrorKind::CircuitOpen => (
+                ErrorKind::NoHealthyProvider,
+                format!("provider `{provider}` is failing and is not being tried for now").into(),
+            ),
             UpstreamErrorKind::Protocol | UpstreamErrorKind::TooLarge => (
                 ErrorKind::UpstreamFailed,
                 format!("provider `{provider}` sent a broken response").into(),

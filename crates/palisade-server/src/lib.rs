@@ -23,6 +23,7 @@ pub mod relay;
 pub mod request_id;
 pub mod restore;
 mod routes;
+pub mod routing;
 pub mod state;
 pub mod tls;
 pub mod tokens;

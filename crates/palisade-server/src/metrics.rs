@@ -61,6 +61,18 @@ pub struct Metrics {
     pub limits_backend_up: Gauge,
     pub limits_backend_switches: Family<OutcomeLabels, Counter>,
     pub limits_fallbacks: Family<OutcomeLabels, Counter>,
+    /// Attempts that failed and were tried again, by provider and kind.
+    pub upstream_retries: Family<UpstreamErrorLabels, Counter>,
+    /// 1 while a target's circuit is open.
+    pub circuit_open: Family<TargetLabels, Gauge>,
+    /// 1 when a provider's last health check passed, 0 when it failed.
+    pub health_check_up: Family<ProviderLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub provider: String,
+    pub upstream_model: String,
 }
 
 impl Default for Metrics {
@@ -138,8 +150,29 @@ impl Metrics {
             "Admissions decided while the Redis limits backend was unreachable: counted_locally (open) or refused (closed)",
             limits_fallbacks.clone(),
         );
+        let upstream_retries = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Failed upstream attempts followed by another attempt (another target, or the same after a backoff), by provider and kind",
+            upstream_retries.clone(),
+        );
+        let circuit_open = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "circuit_open",
+            "1 while a target's circuit is open (not tried until probed)",
+            circuit_open.clone(),
+        );
+        let health_check_up = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "health_check_up",
+            "1 when the provider's last active health check passed, 0 when it failed",
+            health_check_up.clone(),
+        );
         Self {
             registry,
+            health_check_up,
+            upstream_retries,
+            circuit_open,
             limits_backend_up,
             limits_backend_switches,
             limits_fallbacks,
@@ -151,6 +184,35 @@ impl Metrics {
             tokens,
             client_disconnects,
         }
+    }
+
+    /// A failed attempt that is tried again.
+    pub fn record_retry(&self, provider: &str, kind: &'static str) {
+        self.upstream_retries
+            .get_or_create(&UpstreamErrorLabels {
+                provider: provider.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// A provider's health check ran.
+    pub fn health_checked(&self, provider: &str, ok: bool) {
+        self.health_check_up
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+            })
+            .set(i64::from(ok));
+    }
+
+    /// A target's circuit opened or closed.
+    pub fn circuit_changed(&self, provider: &str, upstream_model: &str, open: bool) {
+        self.circuit_open
+            .get_or_create(&TargetLabels {
+                provider: provider.to_owned(),
+                upstream_model: upstream_model.to_owned(),
+            })
+            .set(i64::from(open));
     }
 
     /// The text exposition format.

@@ -255,49 +255,35 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             )
             .with_param("model")
         })?;
-    let provider = Arc::clone(model.provider());
-    if !provider.serves(endpoint) {
-        return Err(ApiError::new(
-            ErrorKind::InvalidRequest,
-            dialect,
-            format!(
-                "model `{}` is served by a provider of kind `{}`, which does not offer {}; translating between API dialects is not supported",
-                model.name(),
-                provider.kind().as_str(),
-                endpoint.path()
-            ),
-        )
-        .with_param("model"));
+    // Where it may go: the tenant's policy, the request's region, the
+    // targets' dialect and health.
+    let policy = state.policies().for_tenant(principal.tenant());
+    let region = requested_region(&parts.headers, policy, dialect)?;
+    let decision = crate::routing::decide(
+        &model,
+        endpoint,
+        policy,
+        region.as_deref(),
+        crate::routing::today(),
+        crate::routing::pick(),
+        Instant::now(),
+    );
+    let route = route_record(&model, &decision, region.as_deref());
+    if decision.order.is_empty() {
+        let mut err =
+            no_route(&model, &decision, endpoint, principal.tenant(), dialect).into_response();
+        if let Some(route) = route {
+            err.extensions_mut().insert(RouteRecord(route));
+        }
+        return Ok(err);
     }
+    let first = &model.targets()[decision.order[0]];
+    let provider = Arc::clone(first.provider());
 
     // Ask for usage on every stream that would not report it otherwise.
     let force_usage = envelope.stream() && endpoint.usage_is_opt_in() && !envelope.include_usage();
     let stream_requested = envelope.stream();
     let body_len = bytes_in;
-    let upstream_body = Bytes::from(envelope.rewrite(model.upstream_model(), force_usage));
-    drop(envelope);
-
-    let uri = model
-        .uri(endpoint)
-        .cloned()
-        .ok_or_else(|| ApiError::new(ErrorKind::Internal, dialect, "provider URL is invalid"))?;
-    let mut upstream_req = hyper::Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .body(Full::new(upstream_body))
-        .map_err(|_| {
-            ApiError::new(
-                ErrorKind::Internal,
-                dialect,
-                "cannot build the upstream request",
-            )
-        })?;
-    forward_headers(
-        &parts.headers,
-        upstream_req.headers_mut(),
-        &provider,
-        &request_id,
-    );
 
     let provider_name = Arc::clone(provider.name());
     let peer = parts
@@ -305,8 +291,9 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
 
-    // The received entry is on record before anything leaves the gateway;
-    // a request that cannot be recorded is not forwarded.
+    // The received entry is on record before anything leaves the gateway —
+    // with every target the request may go to, should the first fail; a
+    // request that cannot be recorded is not forwarded.
     let received_seq = state
         .audit()
         .received(&Received {
@@ -320,9 +307,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
             dialect: dialect.as_str(),
             model: model.name(),
             provider: &provider_name,
-            upstream_model: model.upstream_model(),
+            upstream_model: first.upstream_model(),
             stream: stream_requested,
             detections: detections.as_ref(),
+            route: route.as_ref(),
         })
         .await
         .map_err(|e| {
@@ -364,38 +352,80 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         Ok(response)
     };
 
+    // Attempts: the targets in order, each failure that another attempt
+    // could mend (no connection, 5xx, 429, no answer in time) moving on to
+    // the next target at once, or back to the last one after a backoff —
+    // always before any byte of the answer has reached the client.
+    let routing = &state.config().routing;
+    let deadline = tokio::time::Instant::from_std(started) + provider.timeouts().total;
+    let mut at = 0;
+    let mut backoff = routing.backoff;
+    let mut failed: Vec<serde_json::Value> = Vec::new();
+    let (provider, sent, response) = loop {
+        let target = &model.targets()[decision.order[at]];
+        let provider = Arc::clone(target.provider());
+        let name = Arc::clone(provider.name());
+        completion.retarget(Arc::clone(&name));
+        let probe = target.circuit().admit(Instant::now());
+        let attempt = if probe == crate::routing::Admit::No {
+            Err(UpstreamError::new(
+                Arc::clone(&name),
+                UpstreamErrorKind::CircuitOpen,
+            ))
+        } else {
+            let body = Bytes::from(envelope.rewrite(target.upstream_model(), force_usage));
+            send(
+                target,
+                endpoint,
+                &parts.headers,
+                &request_id,
+                body,
+                deadline,
+            )
+            .await
+        };
+        let err = match attempt {
+            Ok((sent, response)) => {
+                observe(&state, target, true);
+                break (provider, sent, response);
+            }
+            Err(err) => err,
+        };
+        if probe != crate::routing::Admit::No {
+            // A 4xx (429 included) means the provider is up.
+            let up =
+                matches!(err.kind(), UpstreamErrorKind::Status { status, .. } if *status < 500);
+            observe(&state, target, up);
+        }
+        let attempts_left = failed.len() + 1 < routing.max_attempts as usize;
+        let wait = if at + 1 < decision.order.len() {
+            Some(std::time::Duration::ZERO)
+        } else {
+            retry_wait(&err, &mut backoff, routing)
+        };
+        match wait {
+            Some(wait)
+                if err.is_retryable()
+                    && attempts_left
+                    && tokio::time::Instant::now() + wait < deadline =>
+            {
+                state.metrics().record_retry(&name, err.label());
+                failed.push(json!({"provider": name.as_ref(), "upstream_model": target.upstream_model(), "error": err.label()}));
+                completion.attempts(&failed);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                at = (at + 1).min(decision.order.len() - 1);
+            }
+            _ => return fail(completion, err),
+        }
+    };
+    drop(envelope);
+    let provider_name = Arc::clone(provider.name());
     let timeouts = *provider.timeouts();
     let limits = ReadLimits {
         idle: timeouts.idle,
-        deadline: tokio::time::Instant::from_std(started) + timeouts.total,
-    };
-    let first_byte_by = (tokio::time::Instant::now() + timeouts.first_byte).min(limits.deadline);
-    let sent = Instant::now();
-    let response = match tokio::time::timeout_at(
-        first_byte_by,
-        provider.client().request(upstream_req),
-    )
-    .await
-    {
-        Err(_) => {
-            let phase = if first_byte_by >= limits.deadline {
-                TimeoutPhase::Total
-            } else {
-                TimeoutPhase::FirstByte
-            };
-            let err = UpstreamError::new(provider_name, UpstreamErrorKind::Timeout(phase));
-            return fail(completion, err);
-        }
-        Ok(Err(e)) => {
-            let kind = if e.is_connect() {
-                UpstreamErrorKind::Connect
-            } else {
-                UpstreamErrorKind::Protocol
-            };
-            tracing::debug!(target: "palisade::upstream", provider = %provider_name, error = %e, "upstream request failed");
-            return fail(completion, UpstreamError::new(provider_name, kind));
-        }
-        Ok(Ok(r)) => r,
+        deadline,
     };
     let upstream_latency = sent.elapsed();
     provider
@@ -404,15 +434,6 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     completion.upstream_latency(upstream_latency);
 
     let (head, upstream_body) = response.into_parts();
-    if !head.status.is_success() {
-        let retry_after = head.headers.get(header::RETRY_AFTER).cloned();
-        let detail = read_error_detail(upstream_body, limits).await;
-        let status = head.status.as_u16();
-        let err = UpstreamError::new(provider_name, UpstreamErrorKind::Status { status, detail })
-            .with_retry_after(retry_after);
-        return fail(completion, err);
-    }
-
     let streaming = head
         .headers
         .get(header::CONTENT_TYPE)
@@ -479,6 +500,244 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .headers_mut()
         .insert(X_AUDIT_SEQ.clone(), seq_header);
     Ok(response)
+}
+
+/// What routing decided, for the audit entry of a request that was
+/// refused for want of a target.
+#[derive(Debug, Clone)]
+pub struct RouteRecord(pub serde_json::Value);
+
+/// `x-palisade-region`: the request narrows where it may be processed,
+/// within its tenant's regions.
+fn requested_region(
+    headers: &HeaderMap,
+    policy: &crate::routing::Policy,
+    dialect: Dialect,
+) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("x-palisade-region") else {
+        return Ok(None);
+    };
+    let region = value
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if !palisade_config::is_region(&region) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            dialect,
+            "x-palisade-region must be a region such as us, eu or us-east-1",
+        ));
+    }
+    if !policy.admits_region(&region) {
+        return Err(ApiError::new(
+            ErrorKind::NoCompliantProvider,
+            dialect,
+            format!(
+                "x-palisade-region `{region}` is outside this tenant's regions ({})",
+                policy.regions.join(", ")
+            ),
+        )
+        .with_reason("region_not_allowed"));
+    }
+    Ok(Some(region))
+}
+
+/// The routing decision for the audit entry, when there is more to say
+/// than the one provider: several targets, exclusions, a region asked for.
+fn route_record(
+    model: &crate::registry::Model,
+    decision: &crate::routing::Decision,
+    region: Option<&str>,
+) -> Option<serde_json::Value> {
+    if model.targets().len() == 1 && decision.excluded.is_empty() && region.is_none() {
+        return None;
+    }
+    let targets = model.targets();
+    let candidates: Vec<_> = decision
+        .order
+        .iter()
+        .map(|i| crate::routing::describe(&targets[*i]))
+        .collect();
+    let excluded: Vec<_> = decision
+        .excluded
+        .iter()
+        .map(|(i, reason)| {
+            let mut t = crate::routing::describe(&targets[*i]);
+            t["reason"] = json!(reason.as_str());
+            t
+        })
+        .collect();
+    let mut route = json!({"candidates": candidates, "excluded": excluded});
+    if let Some(r) = region {
+        route["region"] = json!(r);
+    }
+    Some(route)
+}
+
+/// No target may take the request: say which rule excluded each.
+fn no_route(
+    model: &crate::registry::Model,
+    decision: &crate::routing::Decision,
+    endpoint: Endpoint,
+    tenant: &str,
+    dialect: Dialect,
+) -> ApiError {
+    use crate::routing::Reason;
+    let reasons = || decision.excluded.iter().map(|(_, r)| *r);
+    if reasons().all(|r| r == Reason::Dialect) {
+        let provider = model.provider();
+        return ApiError::new(
+            ErrorKind::InvalidRequest,
+            dialect,
+            format!(
+                "model `{}` is served by a provider of kind `{}`, which does not offer {}; translating between API dialects is not supported",
+                model.name(),
+                provider.kind().as_str(),
+                endpoint.path()
+            ),
+        )
+        .with_param("model");
+    }
+    let list = decision
+        .excluded
+        .iter()
+        .map(|(i, r)| format!("{} ({})", model.targets()[*i].provider().name(), r.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if reasons().any(|r| r == Reason::CircuitOpen) {
+        let cooldown = decision
+            .excluded
+            .iter()
+            .find(|(_, r)| *r == Reason::CircuitOpen)
+            .map(|(i, _)| model.targets()[*i].circuit().cooldown())
+            .unwrap_or_default();
+        return ApiError::new(
+            ErrorKind::NoHealthyProvider,
+            dialect,
+            format!(
+                "no provider of model `{}` can take the request now: {list}",
+                model.name()
+            ),
+        )
+        .with_retry_after(cooldown.max(std::time::Duration::from_secs(1)))
+        .with_reason("no_healthy_provider");
+    }
+    ApiError::new(
+        ErrorKind::NoCompliantProvider,
+        dialect,
+        format!(
+            "no provider of model `{}` satisfies tenant `{tenant}`'s routing policy: {list}",
+            model.name()
+        ),
+    )
+    .with_reason("no_compliant_provider")
+}
+
+/// One attempt: the request to `target`; the answer's head if it is a
+/// success, else the failure (the error body read for its type).
+async fn send(
+    target: &crate::registry::Target,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    request_id: &RequestId,
+    body: Bytes,
+    deadline: tokio::time::Instant,
+) -> Result<(Instant, hyper::Response<hyper::body::Incoming>), UpstreamError> {
+    let provider = target.provider();
+    let name = || Arc::clone(provider.name());
+    let uri = target
+        .uri(endpoint)
+        .cloned()
+        .ok_or_else(|| UpstreamError::new(name(), UpstreamErrorKind::Protocol))?;
+    let mut upstream_req = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|_| UpstreamError::new(name(), UpstreamErrorKind::Protocol))?;
+    forward_headers(headers, upstream_req.headers_mut(), provider, request_id);
+    let timeouts = provider.timeouts();
+    let first_byte_by = (tokio::time::Instant::now() + timeouts.first_byte).min(deadline);
+    let sent = Instant::now();
+    let response = match tokio::time::timeout_at(
+        first_byte_by,
+        provider.client().request(upstream_req),
+    )
+    .await
+    {
+        Err(_) => {
+            let phase = if first_byte_by >= deadline {
+                TimeoutPhase::Total
+            } else {
+                TimeoutPhase::FirstByte
+            };
+            return Err(UpstreamError::new(
+                name(),
+                UpstreamErrorKind::Timeout(phase),
+            ));
+        }
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() {
+                UpstreamErrorKind::Connect
+            } else {
+                UpstreamErrorKind::Protocol
+            };
+            tracing::debug!(target: "palisade::upstream", provider = %provider.name(), error = %e, "upstream request failed");
+            return Err(UpstreamError::new(name(), kind));
+        }
+        Ok(Ok(r)) => r,
+    };
+    if response.status().is_success() {
+        return Ok((sent, response));
+    }
+    let (head, body) = response.into_parts();
+    let retry_after = head.headers.get(header::RETRY_AFTER).cloned();
+    let limits = ReadLimits {
+        idle: timeouts.idle,
+        deadline,
+    };
+    let detail = read_error_detail(body, limits).await;
+    let status = head.status.as_u16();
+    Err(
+        UpstreamError::new(name(), UpstreamErrorKind::Status { status, detail })
+            .with_retry_after(retry_after),
+    )
+}
+
+/// Records an attempt's outcome in the target's circuit; each opening and
+/// closing goes on record.
+fn observe(state: &AppState, target: &crate::registry::Target, ok: bool) {
+    if let Some(change) = target.circuit().record(ok, Instant::now()) {
+        crate::routing::report(
+            state,
+            target.provider().name(),
+            target.upstream_model(),
+            target.circuit(),
+            change,
+            "requests",
+        );
+    }
+}
+
+/// How long to wait before trying the last target again, or `None` when
+/// it should not be: the provider's `Retry-After` if it gave one no longer
+/// than `retry_after_max`, else the backoff, jittered, which then doubles.
+fn retry_wait(
+    err: &UpstreamError,
+    backoff: &mut std::time::Duration,
+    routing: &palisade_config::RoutingConfig,
+) -> Option<std::time::Duration> {
+    if let Some(after) = err.retry_after() {
+        let secs = after
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())?;
+        let wait = std::time::Duration::from_secs(secs);
+        return (wait <= routing.retry_after_max).then_some(wait);
+    }
+    let wait = backoff.mul_f64(0.5 + crate::routing::pick() / 2.0);
+    *backoff = (*backoff * 2).min(routing.backoff_max);
+    Some(wait)
 }
 
 /// The rate headers OpenAI's clients read (`what`: requests or tokens).

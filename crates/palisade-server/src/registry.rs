@@ -43,6 +43,8 @@ pub struct Provider {
     timeouts: Timeouts,
     client: HttpClient,
     upstream_duration: Histogram,
+    /// Region and compliance facts, for routing.
+    facts: crate::routing::Facts,
 }
 
 impl std::fmt::Debug for Provider {
@@ -77,6 +79,36 @@ impl Provider {
         &self.upstream_duration
     }
 
+    /// Asks `path` under the provider's API root, with its credential;
+    /// whether it answered 2xx within `timeout`.
+    pub async fn check_health(&self, path: &str, timeout: std::time::Duration) -> bool {
+        let Ok(uri) = format!("{}{path}", self.base_url).parse::<Uri>() else {
+            return false;
+        };
+        let mut req = match axum::http::Request::get(uri).body(http_body_util::Full::default()) {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        if let Some((name, value)) = &self.auth {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        if self.kind == ProviderKind::Anthropic {
+            req.headers_mut().insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static("2023-06-01"),
+            );
+        }
+        matches!(
+            tokio::time::timeout(timeout, self.client.request(req)).await,
+            Ok(Ok(r)) if r.status().is_success()
+        )
+    }
+
+    /// What the provider has attested.
+    pub fn facts(&self) -> &crate::routing::Facts {
+        &self.facts
+    }
+
     /// The credential header the gateway adds; never from the client.
     pub fn auth_header(&self) -> Option<&(HeaderName, HeaderValue)> {
         self.auth.as_ref()
@@ -108,20 +140,20 @@ impl Provider {
     }
 }
 
+/// One provider and upstream model behind a model name.
 #[derive(Debug)]
-pub struct Model {
-    name: String,
+pub struct Target {
     provider: Arc<Provider>,
     upstream_model: String,
     /// The upstream URL per endpoint the provider serves, built once.
     uris: [Option<Uri>; Endpoint::ALL.len()],
+    weight: u32,
+    /// Shared by every model name with the same provider and upstream
+    /// model.
+    circuit: Arc<crate::routing::Circuit>,
 }
 
-impl Model {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
+impl Target {
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
     }
@@ -135,12 +167,51 @@ impl Model {
     pub fn uri(&self, endpoint: Endpoint) -> Option<&Uri> {
         self.uris[endpoint.index()].as_ref()
     }
+
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    pub fn circuit(&self) -> &crate::routing::Circuit {
+        &self.circuit
+    }
+}
+
+#[derive(Debug)]
+pub struct Model {
+    name: String,
+    targets: Vec<Target>,
+    strategy: palisade_config::Strategy,
+}
+
+impl Model {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The targets, in configuration order (never empty).
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    pub fn strategy(&self) -> palisade_config::Strategy {
+        self.strategy
+    }
+
+    /// The first target's provider: what `/v1/models` names as owner and
+    /// what decides how a prompt's tokens are counted.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.targets[0].provider
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Registry {
     by_name: HashMap<String, Arc<Model>>,
     ordered: Vec<Arc<Model>>,
+    providers: HashMap<String, Arc<Provider>>,
+    /// provider → (upstream model, circuit), one per target.
+    circuits: HashMap<String, Vec<(String, Arc<crate::routing::Circuit>)>>,
 }
 
 impl Registry {
@@ -193,6 +264,7 @@ impl Registry {
                     api_version: p.api_version.clone(),
                     timeouts: p.timeouts,
                     client,
+                    facts: crate::routing::Facts::of(p),
                     upstream_duration: metrics
                         .upstream_duration
                         .get_or_create(&ProviderLabels {
@@ -203,41 +275,95 @@ impl Registry {
             );
         }
         let mut registry = Self::default();
+        let mut circuits: HashMap<(String, String), Arc<crate::routing::Circuit>> = HashMap::new();
+        let mut registry_circuits = Vec::new();
         for m in &config.models {
-            // Validation guarantees the provider exists.
-            let Some(provider) = providers.get(m.provider.as_str()) else {
-                continue;
-            };
-            let upstream_model = m.upstream_model().to_owned();
-            if provider.api_version.is_some()
-                && !upstream_model
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            {
-                return Err(RegistryError::DeploymentName {
-                    model: m.name.clone(),
+            let mut targets = Vec::new();
+            for t in m.targets() {
+                // Validation guarantees the provider exists.
+                let Some(provider) = providers.get(t.provider.as_str()) else {
+                    continue;
+                };
+                let upstream_model = m.target_model(&t).to_owned();
+                if provider.api_version.is_some()
+                    && !upstream_model
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                {
+                    return Err(RegistryError::DeploymentName {
+                        model: m.name.clone(),
+                    });
+                }
+                let mut uris: [Option<Uri>; Endpoint::ALL.len()] = Default::default();
+                for endpoint in Endpoint::ALL.into_iter().filter(|e| provider.serves(*e)) {
+                    let uri = provider.uri(endpoint, &upstream_model).map_err(|_| {
+                        RegistryError::Url {
+                            model: m.name.clone(),
+                        }
+                    })?;
+                    uris[endpoint.index()] = Some(uri);
+                }
+                let circuit = circuits
+                    .entry((t.provider.clone(), upstream_model.clone()))
+                    .or_insert_with(|| {
+                        registry_circuits.push((t.provider.clone(), upstream_model.clone()));
+                        let config = config
+                            .providers
+                            .iter()
+                            .find(|p| p.name == t.provider)
+                            .map(|p| p.circuit)
+                            .unwrap_or_default();
+                        Arc::new(crate::routing::Circuit::new(config))
+                    });
+                targets.push(Target {
+                    provider: Arc::clone(provider),
+                    upstream_model,
+                    uris,
+                    weight: t.weight,
+                    circuit: Arc::clone(circuit),
                 });
             }
-            let mut uris: [Option<Uri>; Endpoint::ALL.len()] = Default::default();
-            for endpoint in Endpoint::ALL.into_iter().filter(|e| provider.serves(*e)) {
-                let uri =
-                    provider
-                        .uri(endpoint, &upstream_model)
-                        .map_err(|_| RegistryError::Url {
-                            model: m.name.clone(),
-                        })?;
-                uris[endpoint.index()] = Some(uri);
+            if targets.is_empty() {
+                continue;
             }
             let model = Arc::new(Model {
                 name: m.name.clone(),
-                provider: Arc::clone(provider),
-                upstream_model,
-                uris,
+                targets,
+                strategy: m.strategy,
             });
             registry.by_name.insert(m.name.clone(), Arc::clone(&model));
             registry.ordered.push(model);
         }
+        for (provider, upstream_model) in registry_circuits {
+            if let Some(c) = circuits.get(&(provider.clone(), upstream_model.clone())) {
+                registry
+                    .circuits
+                    .entry(provider)
+                    .or_default()
+                    .push((upstream_model, Arc::clone(c)));
+            }
+        }
+        registry.providers = providers
+            .into_iter()
+            .map(|(name, p)| (name.to_owned(), p))
+            .collect();
         Ok(registry)
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(name)
+    }
+
+    /// The circuits of a provider's targets, with their upstream models.
+    pub fn circuits_of(
+        &self,
+        provider: &str,
+    ) -> impl Iterator<Item = (&str, &crate::routing::Circuit)> {
+        self.circuits
+            .get(provider)
+            .into_iter()
+            .flatten()
+            .map(|(m, c)| (m.as_str(), c.as_ref()))
     }
 
     pub fn model(&self, name: &str) -> Option<&Arc<Model>> {

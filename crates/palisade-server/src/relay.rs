@@ -101,6 +101,8 @@ pub struct Completion {
     charge: Option<crate::limits::TokenCharge>,
     /// Budgets reserved, and the model's price, settled likewise.
     budget: Option<(crate::budgets::BudgetCharge, Option<palisade_config::Price>)>,
+    /// Attempts that failed before the provider now in `exchange`.
+    failed_attempts: Option<serde_json::Value>,
 }
 
 impl Completion {
@@ -133,7 +135,20 @@ impl Completion {
             _slots: None,
             charge: None,
             budget: None,
+            failed_attempts: None,
         }
+    }
+
+    /// The exchange goes to `provider` now.
+    pub fn retarget(&mut self, provider: Arc<str>) {
+        if *self.exchange.provider != *provider {
+            self.exchange.provider = provider;
+        }
+    }
+
+    /// The attempts that failed so far.
+    pub fn attempts(&mut self, failed: &[serde_json::Value]) {
+        self.failed_attempts = Some(serde_json::Value::from(failed.to_vec()));
     }
 
     /// Data protection's counts for the answer, for `request.completed`.
@@ -246,6 +261,10 @@ impl Completion {
             bytes_out: self.bytes_out,
             client_disconnected: outcome == Outcome::ClientDisconnected,
             response_detections: self.response_detections.as_ref(),
+            failover: self
+                .failed_attempts
+                .as_ref()
+                .map(|f| (x.provider.as_ref(), f)),
         });
         self.state.access_log().record(&AccessRecord {
             request_id: &x.request_id,

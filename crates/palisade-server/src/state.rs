@@ -19,6 +19,8 @@ pub struct Controls {
     pub protections: Protections,
     /// Rates, tokens and concurrency, and where they are counted.
     pub limits: crate::limits::Limits,
+    /// Each tenant's routing policy.
+    pub policies: crate::routing::Policies,
 }
 
 #[derive(Clone)]
@@ -35,6 +37,7 @@ struct Inner {
     audit: Audit,
     protections: Protections,
     limits: crate::limits::Limits,
+    policies: crate::routing::Policies,
     draining: AtomicBool,
 }
 
@@ -51,6 +54,7 @@ impl AppState {
         let Controls {
             protections,
             limits,
+            policies,
         } = controls;
         Self {
             inner: Arc::new(Inner {
@@ -61,6 +65,7 @@ impl AppState {
                 access_log,
                 audit,
                 limits,
+                policies,
                 protections,
                 draining: AtomicBool::new(false),
             }),
@@ -95,6 +100,11 @@ impl AppState {
     /// Which limits apply, and where they are counted.
     pub fn limits(&self) -> &crate::limits::Limits {
         &self.inner.limits
+    }
+
+    /// Each tenant's routing policy.
+    pub fn policies(&self) -> &crate::routing::Policies {
+        &self.inner.policies
     }
 
     pub fn access_log(&self) -> &AccessLog {

@@ -121,6 +121,8 @@ pub enum UpstreamErrorKind {
     Protocol,
     /// A response or event exceeded the gateway's bounds.
     TooLarge,
+    /// The target's circuit opened before the attempt; nothing was sent.
+    CircuitOpen,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -161,9 +163,9 @@ impl UpstreamError {
     /// provider (used by failover; only while nothing reached the client).
     pub fn is_retryable(&self) -> bool {
         match &self.kind {
-            UpstreamErrorKind::Connect | UpstreamErrorKind::Timeout(TimeoutPhase::FirstByte) => {
-                true
-            }
+            UpstreamErrorKind::Connect
+            | UpstreamErrorKind::CircuitOpen
+            | UpstreamErrorKind::Timeout(TimeoutPhase::FirstByte) => true,
             UpstreamErrorKind::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -180,6 +182,7 @@ impl UpstreamError {
             UpstreamErrorKind::Status { .. } => "status_5xx",
             UpstreamErrorKind::Protocol => "protocol",
             UpstreamErrorKind::TooLarge => "too_large",
+            UpstreamErrorKind::CircuitOpen => "circuit_open",
         }
     }
 }

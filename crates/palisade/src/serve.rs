@@ -192,6 +192,7 @@ pub async fn mock(args: MockArgs) -> anyhow::Result<()> {
         chunk_delay: Duration::from_millis(args.chunk_delay_ms),
         words_per_chunk: args.words_per_chunk,
         reply_words: args.reply_words,
+        status: None,
     };
     let server = MockServer::start(args.listen, options)
         .await

@@ -24,8 +24,7 @@ fn tenant(actions: &[(&str, &str)], classes: &[&str]) -> TenantConfig {
                 .collect(),
             ..DlpConfig::default()
         },
-        limits: Default::default(),
-        apps: Vec::new(),
+        ..TenantConfig::default()
     }
 }
 

@@ -34,8 +34,9 @@ pub struct TestApp {
     pub journal: Arc<palisade_ledger::Journal>,
     /// Reloads the listeners' TLS files, as SIGHUP does in the binary.
     pub tls: palisade_server::app::TlsReloader,
-    /// The configuration it runs with, for [`TestApp::restart`].
-    config: Config,
+    /// The configuration it runs with, for [`TestApp::restart`] (which a
+    /// test may change first).
+    pub config: Config,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -76,6 +77,24 @@ pub fn provider(
         api_version: None,
         ca_file: None,
         timeouts: Timeouts::default(),
+        region: None,
+        compliance: attested(),
+        health_check: None,
+        circuit: Default::default(),
+    }
+}
+
+/// Facts that satisfy every built-in data class: a SOC 2 report a month
+/// old, a BAA, zero retention, no training.
+pub fn attested() -> palisade_config::Compliance {
+    let (y, m, d) = palisade_config::civil_from_days(palisade_store::unix_now() / 86_400 - 30);
+    palisade_config::Compliance {
+        soc2_type2_period_end: Some(format!("{y:04}-{m:02}-{d:02}")),
+        iso27001: true,
+        baa: true,
+        zero_retention: true,
+        trains_on_data: Some(false),
+        ..Default::default()
     }
 }
 
@@ -84,6 +103,8 @@ pub fn model(name: &str, provider: &str, upstream: &str) -> ModelConfig {
         price: None,
         name: name.into(),
         provider: provider.into(),
+        targets: Vec::new(),
+        strategy: Default::default(),
         upstream_model: Some(upstream.into()),
     }
 }

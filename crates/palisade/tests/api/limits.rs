@@ -15,10 +15,8 @@ const CHAT: &str = r#"{"model":"gpt-test","messages":[]}"#;
 pub(crate) fn acme(limits: LimitConfig) -> TenantConfig {
     TenantConfig {
         name: "acme".into(),
-        data_classes: vec![],
-        dlp: Default::default(),
         limits,
-        apps: vec![],
+        ..TenantConfig::default()
     }
 }
 

@@ -14,6 +14,7 @@ mod ledger;
 mod lifecycle;
 mod limits;
 mod proxy;
+mod routing;
 mod sdk;
 mod shared_limits;
 mod streaming;
