@@ -517,6 +517,7 @@ impl ModelConfig {
                 provider: self.provider.clone(),
                 upstream_model: self.upstream_model.clone(),
                 weight: 1,
+                timeouts: None,
             }]
         } else {
             self.targets.clone()
@@ -1144,6 +1145,16 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
             }
             if t.weight == 0 {
                 push(path("weight"), "must be at least 1".into());
+            }
+            if let Some(d) = &t.timeouts
+                && [d.connect, d.first_byte, d.idle, d.total]
+                    .iter()
+                    .any(Duration::is_zero)
+            {
+                push(
+                    path("timeouts"),
+                    "every timeout must be greater than 0".into(),
+                );
             }
             if !seen.insert((t.provider.as_str(), m.target_model(t))) {
                 push(

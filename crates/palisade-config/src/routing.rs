@@ -158,6 +158,9 @@ pub struct TargetConfig {
     /// With `strategy = "weighted"`: this target's share (default 1).
     #[serde(default = "one")]
     pub weight: u32,
+    /// This target's timeouts, instead of its provider's.
+    #[serde(default)]
+    pub timeouts: Option<crate::Timeouts>,
 }
 
 fn one() -> u32 {

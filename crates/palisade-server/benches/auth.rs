@@ -158,6 +158,7 @@ fn routing(c: &mut Criterion) {
                 provider: format!("p{i}"),
                 upstream_model: None,
                 weight: 1 + i % 3,
+                timeouts: None,
             })
             .collect(),
         strategy: Strategy::Weighted,

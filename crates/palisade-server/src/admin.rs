@@ -185,6 +185,13 @@ pub fn api() -> Vec<ApiRoute> {
         ),
         ApiRoute::new(Method::GET, "/keys/{id}", Read, "One key", get(show_key)),
         ApiRoute::new(
+            Method::GET,
+            "/providers/review",
+            Read,
+            "The provider review: every provider's compliance facts, the models and tenants that use it, and flags (stale or expiring SOC 2 report, tenant policies it fails)",
+            get(providers_review),
+        ),
+        ApiRoute::new(
             Method::POST,
             "/keys/{id}/rotate",
             Write,
@@ -595,6 +602,13 @@ async fn review(
             .into_response()),
         Some(_) => Err(AdminError::invalid("format must be json or csv")),
     }
+}
+
+async fn providers_review(State(state): State<AppState>) -> Json<Value> {
+    Json(crate::review::providers(
+        state.config(),
+        crate::routing::today(),
+    ))
 }
 
 async fn tenants(State(state): State<AppState>) -> Result<Json<Value>, AdminError> {

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod relay;
 pub mod request_id;
 pub mod restore;
+pub mod review;
 mod routes;
 pub mod routing;
 pub mod state;

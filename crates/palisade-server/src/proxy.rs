@@ -357,11 +357,11 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     // the next target at once, or back to the last one after a backoff —
     // always before any byte of the answer has reached the client.
     let routing = &state.config().routing;
-    let deadline = tokio::time::Instant::from_std(started) + provider.timeouts().total;
+    let deadline = tokio::time::Instant::from_std(started) + first.timeouts().total;
     let mut at = 0;
     let mut backoff = routing.backoff;
     let mut failed: Vec<serde_json::Value> = Vec::new();
-    let (provider, sent, response) = loop {
+    let (provider, timeouts, sent, response) = loop {
         let target = &model.targets()[decision.order[at]];
         let provider = Arc::clone(target.provider());
         let name = Arc::clone(provider.name());
@@ -387,7 +387,7 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         let err = match attempt {
             Ok((sent, response)) => {
                 observe(&state, target, true);
-                break (provider, sent, response);
+                break (provider, *target.timeouts(), sent, response);
             }
             Err(err) => err,
         };
@@ -422,7 +422,6 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     };
     drop(envelope);
     let provider_name = Arc::clone(provider.name());
-    let timeouts = *provider.timeouts();
     let limits = ReadLimits {
         idle: timeouts.idle,
         deadline,
@@ -656,7 +655,7 @@ async fn send(
         .body(Full::new(body))
         .map_err(|_| UpstreamError::new(name(), UpstreamErrorKind::Protocol))?;
     forward_headers(headers, upstream_req.headers_mut(), provider, request_id);
-    let timeouts = provider.timeouts();
+    let timeouts = target.timeouts();
     let first_byte_by = (tokio::time::Instant::now() + timeouts.first_byte).min(deadline);
     let sent = Instant::now();
     let response = match tokio::time::timeout_at(

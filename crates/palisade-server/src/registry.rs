@@ -148,6 +148,8 @@ pub struct Target {
     /// The upstream URL per endpoint the provider serves, built once.
     uris: [Option<Uri>; Endpoint::ALL.len()],
     weight: u32,
+    /// The target's own timeouts, else its provider's.
+    timeouts: Timeouts,
     /// Shared by every model name with the same provider and upstream
     /// model.
     circuit: Arc<crate::routing::Circuit>,
@@ -170,6 +172,10 @@ impl Target {
 
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
     }
 
     pub fn circuit(&self) -> &crate::routing::Circuit {
@@ -320,6 +326,7 @@ impl Registry {
                     upstream_model,
                     uris,
                     weight: t.weight,
+                    timeouts: t.timeouts.unwrap_or(provider.timeouts),
                     circuit: Arc::clone(circuit),
                 });
             }

@@ -134,50 +134,90 @@ impl Policy {
     /// (days since 1970-01-01), the request narrowed to `region`; `None`
     /// when it may.
     pub fn exclusion(&self, facts: &Facts, today: i64, region: Option<&str>) -> Option<Reason> {
+        let mut first = None;
+        self.check(facts, today, region, &mut |r| {
+            first = Some(r);
+            false
+        });
+        first
+    }
+
+    /// Every rule of this policy a provider with `facts` breaks, for
+    /// reviews.
+    pub fn exclusions(&self, facts: &Facts, today: i64) -> Vec<Reason> {
+        let mut all = Vec::new();
+        self.check(facts, today, None, &mut |r| {
+            all.push(r);
+            true
+        });
+        all
+    }
+
+    /// Calls `broken` with each rule broken, in order, while it says to go
+    /// on.
+    fn check(
+        &self,
+        facts: &Facts,
+        today: i64,
+        region: Option<&str>,
+        broken: &mut dyn FnMut(Reason) -> bool,
+    ) {
         if !self.regions.is_empty() || region.is_some() {
-            let Some(at) = facts.region.as_deref() else {
-                return Some(Reason::RegionUnknown);
+            let reason = match facts.region.as_deref() {
+                None => Some(Reason::RegionUnknown),
+                Some(at) => {
+                    let tenant_ok = self.regions.is_empty()
+                        || self
+                            .regions
+                            .iter()
+                            .any(|a| palisade_config::region_within(at, a));
+                    let request_ok = region.is_none_or(|r| palisade_config::region_within(at, r));
+                    (!tenant_ok || !request_ok).then_some(Reason::Region)
+                }
             };
-            let tenant_ok = self.regions.is_empty()
-                || self
-                    .regions
-                    .iter()
-                    .any(|a| palisade_config::region_within(at, a));
-            let request_ok = region.is_none_or(|r| palisade_config::region_within(at, r));
-            if !tenant_ok || !request_ok {
-                return Some(Reason::Region);
+            if let Some(r) = reason
+                && !broken(r)
+            {
+                return;
             }
         }
         if self.require == 0 {
-            return None;
+            return;
         }
         let c = &facts.compliance;
-        if self.requires(Requirement::Baa) && !c.baa {
-            return Some(Reason::Baa);
-        }
-        if self.requires(Requirement::Soc2) {
-            match facts.soc2_period_end {
-                None => return Some(Reason::Soc2Missing),
-                Some(end) => {
-                    if today > palisade_config::add_months(end, self.max_soc2_age_months) {
-                        return Some(Reason::Soc2Stale);
-                    }
-                }
+        let soc2 = match facts.soc2_period_end {
+            None => Some(Reason::Soc2Missing),
+            Some(end) => (today > palisade_config::add_months(end, self.max_soc2_age_months))
+                .then_some(Reason::Soc2Stale),
+        };
+        let rules = [
+            (Requirement::Baa, (!c.baa).then_some(Reason::Baa)),
+            (Requirement::Soc2, soc2),
+            (
+                Requirement::Iso27001,
+                (!c.iso27001).then_some(Reason::Iso27001),
+            ),
+            (
+                Requirement::ZeroRetention,
+                (!c.zero_retention).then_some(Reason::Retention),
+            ),
+            (
+                Requirement::NoTraining,
+                (c.trains_on_data != Some(false)).then_some(Reason::Training),
+            ),
+            (
+                Requirement::ConfidentialComputing,
+                (!c.confidential_computing).then_some(Reason::ConfidentialComputing),
+            ),
+        ];
+        for (requirement, reason) in rules {
+            if let Some(r) = reason
+                && self.requires(requirement)
+                && !broken(r)
+            {
+                return;
             }
         }
-        if self.requires(Requirement::Iso27001) && !c.iso27001 {
-            return Some(Reason::Iso27001);
-        }
-        if self.requires(Requirement::ZeroRetention) && !c.zero_retention {
-            return Some(Reason::Retention);
-        }
-        if self.requires(Requirement::NoTraining) && c.trains_on_data != Some(false) {
-            return Some(Reason::Training);
-        }
-        if self.requires(Requirement::ConfidentialComputing) && !c.confidential_computing {
-            return Some(Reason::ConfidentialComputing);
-        }
-        None
     }
 }
 
@@ -574,6 +614,7 @@ mod tests {
                     provider: p.name.clone(),
                     upstream_model: None,
                     weight: i as u32 + 1,
+                    timeouts: None,
                 })
                 .collect(),
             strategy,

@@ -64,6 +64,29 @@ pub enum Command {
     /// Measure data-protection quality: precision, recall and F1 per entity
     /// on a seeded, labelled corpus.
     DlpEval(DlpEvalArgs),
+    /// Providers and their compliance facts.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// Every provider with its facts, the models and tenants that use it,
+    /// and what needs attention: SOC 2 reports stale or going stale within
+    /// 60 days, tenant policies it fails (a BAA missing for a PHI tenant, a
+    /// region outside a tenant's, training use).
+    Review {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Review what a running gateway has loaded (its admin API, e.g.
+        /// http://127.0.0.1:4401; the token from PALISADE_ADMIN_TOKEN)
+        /// instead of the config file.
+        #[arg(long, env = "PALISADE_ADMIN_URL")]
+        url: Option<String>,
+        #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -479,6 +502,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             csv,
             target,
         } => crate::keys::usage(from, to, json, csv, &target).await,
+        Command::Providers(ProvidersCommand::Review { json, url, config }) => {
+            let review = match url {
+                Some(url) => {
+                    crate::remote::Remote::new(&url)?
+                        .get("/providers/review")
+                        .await?
+                }
+                None => {
+                    let config = Config::load(&config, std::env::vars())?;
+                    palisade_server::review::providers(&config, palisade_server::routing::today())
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&review)?);
+            } else {
+                print!("{}", palisade_server::review::text(&review));
+            }
+            Ok(())
+        }
     }
 }
 

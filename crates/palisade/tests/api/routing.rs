@@ -25,6 +25,7 @@ fn routed(providers: &[&str]) -> ModelConfig {
                 provider: (*p).into(),
                 upstream_model: Some(format!("{p}-model")),
                 weight: 1,
+                timeouts: None,
             })
             .collect(),
         strategy: Strategy::Priority,
@@ -136,12 +137,11 @@ async fn nothing_compliant_is_refused_naming_the_rule_never_sent() {
 }
 
 /// A gateway whose model `routed` tries `first` (on its own mock) and then
-/// `second`; the first provider's timeouts are short.
+/// `second`; the first target waits 300 ms for an answer.
 async fn failover_app(first: &MockServer, second: &MockServer) -> TestApp {
     let (a, b) = (first.base_url(), second.base_url());
     spawn_with(MockOptions::default(), move |c: &mut Config| {
         let mut p = provider("first", ProviderKind::Openai, &a, "MOCK_OPENAI_KEY");
-        p.timeouts.first_byte = Duration::from_millis(300);
         p.timeouts.connect = Duration::from_millis(300);
         c.providers.push(p);
         c.providers.push(provider(
@@ -150,7 +150,13 @@ async fn failover_app(first: &MockServer, second: &MockServer) -> TestApp {
             &b,
             "MOCK_OPENAI_KEY",
         ));
-        c.models.push(routed(&["first", "second"]));
+        let mut model = routed(&["first", "second"]);
+        // The first target's own timeouts, not its provider's (60 s).
+        model.targets[0].timeouts = Some(palisade_config::Timeouts {
+            first_byte: Duration::from_millis(300),
+            ..Default::default()
+        });
+        c.models.push(model);
     })
     .await
 }
@@ -424,4 +430,88 @@ async fn a_failing_health_check_takes_a_target_out_before_any_request() {
     assert_eq!(received["route"]["excluded"][0]["reason"], "circuit_open");
     let completed = entries_of(&entries, "request.completed")[0];
     assert!(completed.get("failed_attempts").is_none(), "{completed}");
+}
+
+#[tokio::test]
+async fn the_provider_review_flags_what_needs_attention() {
+    let app = spawn_with(MockOptions::default(), |c: &mut Config| {
+        c.providers[0].compliance.soc2_type2_period_end = Some("2020-01-31".into());
+        c.providers[1].compliance.baa = false;
+        c.tenants = vec![acme(&[], &["phi"])];
+    })
+    .await;
+    let token = app
+        .admin_token(palisade_store::Role::Auditor, "reviewer")
+        .await;
+    let auth = format!("Bearer {token}");
+    let r = app
+        .send(
+            http::Method::GET,
+            &format!("http://{}/admin/v1/providers/review", app.admin),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let review = r.json();
+    let by = |name: &str| {
+        review["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let openai = by("openai-mock");
+    let flags = openai["flags"].as_array().unwrap();
+    assert!(flags.iter().any(|f| f["flag"] == "soc2_stale"), "{openai}");
+    assert!(
+        flags
+            .iter()
+            .any(|f| f["flag"] == "fails_tenant_policy" && f["reason"] == "soc2_stale"),
+        "{openai}"
+    );
+    assert_eq!(openai["models"], serde_json::json!(["gpt-test"]));
+    let anthropic = by("anthropic-mock");
+    assert!(
+        anthropic["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["tenant"] == "acme" && f["reason"] == "baa"),
+        "{anthropic}"
+    );
+    assert_eq!(anthropic["tenants_allowed"], serde_json::json!([]));
+
+    // The same from the command line, offline, on a config file.
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::binary::write_config(dir.path(), "http://127.0.0.1:9/v1");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "kind = \"openai\"",
+        "kind = \"openai\"\nregion = \"eu\"\ncompliance = { soc2_type2_period_end = \"2020-01-31\" }",
+    );
+    text.push_str(
+        "\n[[tenants]]\nname = \"clinic\"\ndata_classes = [\"phi\"]\nregions = [\"us\"]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = crate::binary::palisade(dir.path(), &["providers", "review"]);
+    assert!(out.status.success(), "{}", crate::binary::stderr(&out));
+    let table = crate::binary::stdout(&out);
+    assert!(
+        table.contains("FLAG fails tenant clinic's policy: region"),
+        "{table}"
+    );
+    assert!(
+        table.contains("FLAG fails tenant clinic's policy: baa"),
+        "{table}"
+    );
+    assert!(
+        table.contains("FLAG SOC 2 report older than 18 months"),
+        "{table}"
+    );
+    let out = crate::binary::palisade(dir.path(), &["providers", "review", "--json"]);
+    let v: Value = serde_json::from_str(&crate::binary::stdout(&out)).unwrap();
+    assert_eq!(v["providers"][0]["region"], "eu");
 }
