@@ -29,7 +29,7 @@ pub use duration::{format_duration, parse_duration};
 pub use routing::{
     CircuitConfig, Compliance, DEFAULT_SOC2_MAX_AGE_MONTHS, HealthCheck, Requirement,
     RoutingConfig, Strategy, TargetConfig, add_months, civil_from_days, class_requirements,
-    days_from_civil, is_region, parse_date, region_within,
+    days_from_civil, format_date, is_region, parse_date, region_within,
 };
 pub use secret::{Secret, SecretError, SecretRef};
 
@@ -501,6 +501,25 @@ impl Price {
     /// The cost of a request's tokens.
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         (prompt_tokens as f64 * self.input + completion_tokens as f64 * self.output) / 1e6
+    }
+}
+
+impl ProviderConfig {
+    /// A provider with defaults for everything but its name, kind and URL.
+    pub fn new(name: &str, kind: ProviderKind, base_url: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            base_url: base_url.to_owned(),
+            api_key: None,
+            api_version: None,
+            ca_file: None,
+            timeouts: Timeouts::default(),
+            region: None,
+            compliance: Compliance::default(),
+            health_check: None,
+            circuit: CircuitConfig::default(),
+        }
     }
 }
 

@@ -247,6 +247,12 @@ pub fn add_months(days: i64, months: u32) -> i64 {
     days_from_civil(y, m, d.min(days_in_month(y, m)))
 }
 
+/// `YYYY-MM-DD` of a day count since 1970-01-01.
+pub fn format_date(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// (year, month, day) of a day count since 1970-01-01.
 pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;

@@ -124,20 +124,10 @@ fn routing(c: &mut Criterion) {
         TenantConfig,
     };
     let today = palisade_server::routing::today();
-    let date = |days: i64| {
-        let (y, m, d) = palisade_config::civil_from_days(days);
-        format!("{y:04}-{m:02}-{d:02}")
-    };
+    let date = palisade_config::format_date;
     let mut config = Config::empty("/tmp/unused".into());
     for i in 0..50i64 {
         config.providers.push(ProviderConfig {
-            name: format!("p{i}"),
-            kind: ProviderKind::Openai,
-            base_url: "http://127.0.0.1:9/v1".into(),
-            api_key: None,
-            api_version: None,
-            ca_file: None,
-            timeouts: Default::default(),
             region: Some(if i % 2 == 0 { "us-east-1" } else { "eu-west-1" }.into()),
             compliance: Compliance {
                 soc2_type2_period_end: Some(date(today - if i % 7 == 0 { 900 } else { 90 })),
@@ -146,8 +136,11 @@ fn routing(c: &mut Criterion) {
                 trains_on_data: Some(false),
                 ..Compliance::default()
             },
-            health_check: None,
-            circuit: Default::default(),
+            ..ProviderConfig::new(
+                &format!("p{i}"),
+                ProviderKind::Openai,
+                "http://127.0.0.1:9/v1",
+            )
         });
     }
     config.models.push(ModelConfig {

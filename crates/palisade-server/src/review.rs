@@ -60,8 +60,7 @@ pub fn providers(config: &Config, today: i64) -> Value {
                 None => flags.push(json!({"flag": "soc2_missing"})),
                 Some(end) => {
                     let stale_after = palisade_config::add_months(end, max_months);
-                    let (y, m, d) = palisade_config::civil_from_days(stale_after);
-                    soc2["stale_after"] = json!(format!("{y:04}-{m:02}-{d:02}"));
+                    soc2["stale_after"] = json!(palisade_config::format_date(stale_after));
                     soc2["age_days"] = json!(today - end);
                     if today > stale_after {
                         flags.push(json!({"flag": "soc2_stale", "max_age_months": max_months}));
@@ -93,8 +92,7 @@ pub fn providers(config: &Config, today: i64) -> Value {
             })
         })
         .collect();
-    let (y, m, d) = palisade_config::civil_from_days(today);
-    json!({"date": format!("{y:04}-{m:02}-{d:02}"), "providers": providers})
+    json!({"date": palisade_config::format_date(today), "providers": providers})
 }
 
 /// The review as a table for a terminal.
@@ -164,17 +162,9 @@ mod tests {
 
     fn provider(name: &str, region: &str, compliance: Compliance) -> ProviderConfig {
         ProviderConfig {
-            name: name.into(),
-            kind: ProviderKind::Openai,
-            base_url: "http://127.0.0.1:9/v1".into(),
-            api_key: None,
-            api_version: None,
-            ca_file: None,
-            timeouts: Default::default(),
             region: Some(region.into()),
             compliance,
-            health_check: None,
-            circuit: Default::default(),
+            ..ProviderConfig::new(name, ProviderKind::Openai, "http://127.0.0.1:9/v1")
         }
     }
 

@@ -579,23 +579,14 @@ mod tests {
     const TODAY: i64 = 20_415; // 2025-11-23
 
     fn date(days: i64) -> String {
-        let (y, m, d) = palisade_config::civil_from_days(days);
-        format!("{y:04}-{m:02}-{d:02}")
+        palisade_config::format_date(days)
     }
 
     fn provider(name: &str, region: Option<&str>, compliance: Compliance) -> ProviderConfig {
         ProviderConfig {
-            name: name.into(),
-            kind: ProviderKind::Openai,
-            base_url: "http://127.0.0.1:9/v1".into(),
-            api_key: None,
-            api_version: None,
-            ca_file: None,
-            timeouts: Default::default(),
             region: region.map(str::to_owned),
             compliance,
-            health_check: None,
-            circuit: Default::default(),
+            ..ProviderConfig::new(name, ProviderKind::Openai, "http://127.0.0.1:9/v1")
         }
     }
 

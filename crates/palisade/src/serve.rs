@@ -81,11 +81,15 @@ format = "text"
 name = "demo-openai"
 kind = "openai"
 base_url = "{base}"
+region = "us"
+compliance = {{ soc2_type2_period_end = "{report}", iso27001 = true, zero_retention = true, trains_on_data = false }}
 
 [[providers]]
 name = "demo-anthropic"
 kind = "anthropic"
 base_url = "{base}"
+region = "eu"
+compliance = {{ soc2_type2_period_end = "{report}", iso27001 = true, baa = true, zero_retention = true, trains_on_data = false }}
 
 [[models]]
 name = "demo"
@@ -97,7 +101,9 @@ name = "demo-claude"
 provider = "demo-anthropic"
 upstream_model = "palisade-demo-claude-1"
 "#,
-        base = mock.base_url()
+        base = mock.base_url(),
+        // A report whose period ended three months ago.
+        report = palisade_config::format_date(palisade_server::routing::today() - 90)
     );
     let config = Config::from_toml("demo configuration", &text, env.clone())?;
     let (sink, _log) = init_logging(&config);
@@ -172,6 +178,7 @@ Demo admin token (role admin; a new one each start):
   {admin_token}
 
   curl -s http://{admin}/admin/v1/keys/review -H "Authorization: Bearer {admin_token}"
+  curl -s http://{admin}/admin/v1/providers/review -H "Authorization: Bearer {admin_token}"
 
 Ctrl-C stops the gateway.
 "#,

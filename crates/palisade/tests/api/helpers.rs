@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use palisade_config::{Config, ModelConfig, ProviderConfig, ProviderKind, SecretRef, Timeouts};
+use palisade_config::{Config, ModelConfig, ProviderConfig, ProviderKind, SecretRef};
 use palisade_mock::{MockOptions, MockServer};
 use palisade_server::access_log::MemorySink;
 use palisade_server::{Application, Dependencies};
@@ -70,26 +70,19 @@ pub fn provider(
     secret_env: &str,
 ) -> ProviderConfig {
     ProviderConfig {
-        name: name.into(),
-        kind,
-        base_url: base_url.into(),
         api_key: Some(SecretRef::Env(secret_env.into())),
-        api_version: None,
-        ca_file: None,
-        timeouts: Timeouts::default(),
-        region: None,
         compliance: attested(),
-        health_check: None,
-        circuit: Default::default(),
+        ..ProviderConfig::new(name, kind, base_url)
     }
 }
 
 /// Facts that satisfy every built-in data class: a SOC 2 report a month
 /// old, a BAA, zero retention, no training.
 pub fn attested() -> palisade_config::Compliance {
-    let (y, m, d) = palisade_config::civil_from_days(palisade_store::unix_now() / 86_400 - 30);
     palisade_config::Compliance {
-        soc2_type2_period_end: Some(format!("{y:04}-{m:02}-{d:02}")),
+        soc2_type2_period_end: Some(palisade_config::format_date(
+            palisade_store::unix_now() / 86_400 - 30,
+        )),
         iso27001: true,
         baa: true,
         zero_retention: true,

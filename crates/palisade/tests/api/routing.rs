@@ -54,16 +54,7 @@ fn entries_of<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 async fn chat(app: &TestApp, extra: &[(&str, &str)]) -> Reply {
-    let auth = format!("Bearer {}", app.key);
-    let mut headers = vec![("authorization", auth.as_str())];
-    headers.extend_from_slice(extra);
-    app.send(
-        http::Method::POST,
-        &app.url("/v1/chat/completions"),
-        &headers,
-        CHAT.to_owned(),
-    )
-    .await
+    crate::shared_limits::chat(app, CHAT, extra).await
 }
 
 #[tokio::test]

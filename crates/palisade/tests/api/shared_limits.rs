@@ -63,7 +63,8 @@ async fn gateway(backend: LimitsConfig, limits: LimitConfig) -> TestApp {
     .await
 }
 
-async fn chat(app: &TestApp, body: &str, extra: &[(&str, &str)]) -> Reply {
+/// A chat request with the test key and `extra` headers.
+pub(crate) async fn chat(app: &TestApp, body: &str, extra: &[(&str, &str)]) -> Reply {
     let auth = format!("Bearer {}", app.key);
     let mut headers = vec![("authorization", auth.as_str())];
     headers.extend_from_slice(extra);
