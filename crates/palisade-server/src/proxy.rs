@@ -265,7 +265,11 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         policy,
         region.as_deref(),
         crate::routing::today(),
-        crate::routing::pick(),
+        if model.strategy() == palisade_config::Strategy::Weighted {
+            crate::routing::pick()
+        } else {
+            0.0
+        },
         Instant::now(),
     );
     let route = route_record(&model, &decision, region.as_deref());

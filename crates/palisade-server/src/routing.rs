@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_config::{CircuitConfig, Config, Requirement, Strategy};
@@ -357,9 +358,7 @@ pub enum Admit {
 
 #[derive(Debug)]
 struct CircuitState {
-    consecutive: u32,
     window_start: Instant,
-    window_total: u32,
     window_failed: u32,
     open_until: Option<Instant>,
     probing: bool,
@@ -369,9 +368,20 @@ struct CircuitState {
 /// when `error_rate` of at least `min_requests` in a window failed; after
 /// `cooldown`, one request probes it — success closes it, failure opens it
 /// again.
+///
+/// Every request reads it and most succeed, so the closed circuit's
+/// success is lock-free (an atomic flag read, a counter added to); the
+/// lock is taken for failures and while the circuit is open. A window
+/// begins at the first failure after the previous one ended.
 #[derive(Debug)]
 pub struct Circuit {
     config: CircuitConfig,
+    /// Whether `state.open_until` is set.
+    open: AtomicBool,
+    /// Successes in the current window.
+    successes: AtomicU32,
+    /// Failures in a row.
+    consecutive: AtomicU32,
     state: Mutex<CircuitState>,
 }
 
@@ -386,10 +396,11 @@ impl Circuit {
     pub fn new(config: CircuitConfig) -> Self {
         Self {
             config,
+            open: AtomicBool::new(false),
+            successes: AtomicU32::new(0),
+            consecutive: AtomicU32::new(0),
             state: Mutex::new(CircuitState {
-                consecutive: 0,
                 window_start: Instant::now(),
-                window_total: 0,
                 window_failed: 0,
                 open_until: None,
                 probing: false,
@@ -401,8 +412,17 @@ impl Circuit {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn set_open(&self, s: &mut CircuitState, until: Option<Instant>) {
+        s.open_until = until;
+        s.probing = false;
+        self.open.store(until.is_some(), Ordering::Release);
+    }
+
     /// Whether a request could be sent now, without taking the probe.
     pub fn would_admit(&self, now: Instant) -> bool {
+        if !self.open.load(Ordering::Acquire) {
+            return true;
+        }
         let s = self.lock();
         match s.open_until {
             None => true,
@@ -412,6 +432,9 @@ impl Circuit {
 
     /// Takes the right to send one request now.
     pub fn admit(&self, now: Instant) -> Admit {
+        if !self.open.load(Ordering::Acquire) {
+            return Admit::Yes;
+        }
         let mut s = self.lock();
         match s.open_until {
             None => Admit::Yes,
@@ -425,42 +448,50 @@ impl Circuit {
 
     /// Whether the circuit is open (probing included).
     pub fn is_open(&self) -> bool {
-        self.lock().open_until.is_some()
+        self.open.load(Ordering::Acquire)
     }
 
     /// Records how a request sent to the target ended.
     pub fn record(&self, ok: bool, now: Instant) -> Option<Change> {
-        let c = &self.config;
-        let mut s = self.lock();
-        if now.duration_since(s.window_start) > c.window {
-            s.window_start = now;
-            s.window_total = 0;
-            s.window_failed = 0;
-        }
-        s.window_total += 1;
-        if ok {
-            s.consecutive = 0;
-            if s.open_until.take().is_some() {
-                s.probing = false;
-                s.window_total = 0;
-                s.window_failed = 0;
-                return Some(Change::Closed);
+        if ok && !self.open.load(Ordering::Acquire) {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
             }
             return None;
         }
-        s.consecutive += 1;
+        let c = &self.config;
+        let mut s = self.lock();
+        if ok {
+            // A probe (or a request let through before the circuit
+            // opened) came back well.
+            self.consecutive.store(0, Ordering::Relaxed);
+            if s.open_until.is_some() {
+                self.set_open(&mut s, None);
+                s.window_failed = 0;
+                self.successes.store(0, Ordering::Relaxed);
+                return Some(Change::Closed);
+            }
+            self.successes.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if now.duration_since(s.window_start) > c.window {
+            s.window_start = now;
+            s.window_failed = 0;
+            self.successes.store(0, Ordering::Relaxed);
+        }
+        let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         s.window_failed += 1;
         if s.open_until.is_some() {
             // A failed probe: closed to requests for another cooldown.
-            s.probing = false;
-            s.open_until = Some(now + c.cooldown);
+            self.set_open(&mut s, Some(now + c.cooldown));
             return None;
         }
-        let rate_tripped = s.window_total >= c.min_requests
-            && f64::from(s.window_failed) >= c.error_rate * f64::from(s.window_total);
-        if s.consecutive >= c.failures || rate_tripped {
-            s.open_until = Some(now + c.cooldown);
-            s.probing = false;
+        let total = s.window_failed + self.successes.load(Ordering::Relaxed);
+        let rate_tripped = total >= c.min_requests
+            && f64::from(s.window_failed) >= c.error_rate * f64::from(total);
+        if consecutive >= c.failures || rate_tripped {
+            self.set_open(&mut s, Some(now + c.cooldown));
             return Some(Change::Opened);
         }
         None
@@ -470,20 +501,14 @@ impl Circuit {
     /// once (for a cooldown), a success closes an open one.
     pub fn checked(&self, ok: bool, now: Instant) -> Option<Change> {
         let mut s = self.lock();
-        if ok {
-            s.consecutive = 0;
-            s.probing = false;
-            return s.open_until.take().map(|_| Change::Closed);
-        }
         let was_open = s.open_until.is_some();
-        s.open_until = Some(now + self.config.cooldown);
-        s.probing = false;
+        if ok {
+            self.consecutive.store(0, Ordering::Relaxed);
+            self.set_open(&mut s, None);
+            return was_open.then_some(Change::Closed);
+        }
+        self.set_open(&mut s, Some(now + self.config.cooldown));
         (!was_open).then_some(Change::Opened)
-    }
-
-    /// Gives back a probe that was taken but not used.
-    pub fn release_probe(&self) {
-        self.lock().probing = false;
     }
 
     /// The cooldown, for messages.
