@@ -730,11 +730,13 @@ fn retry_wait(
     backoff: &mut std::time::Duration,
     routing: &palisade_config::RoutingConfig,
 ) -> Option<std::time::Duration> {
-    if let Some(after) = err.retry_after() {
-        let secs = after
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())?;
+    // Seconds; the HTTP-date form is not trusted (clocks differ) and
+    // falls back to the backoff.
+    if let Some(secs) = err
+        .retry_after()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         let wait = std::time::Duration::from_secs(secs);
         return (wait <= routing.retry_after_max).then_some(wait);
     }
@@ -1019,4 +1021,54 @@ async fn read_error_detail(body: hyper::body::Incoming, limits: ReadLimits) -> O
     .ok()?
     .ok()?;
     upstream::error_detail(&collected.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_waits_follow_retry_after_else_a_jittered_doubling_backoff() {
+        let routing = palisade_config::RoutingConfig::default();
+        let status = |retry_after: Option<&'static str>| {
+            UpstreamError::new(
+                "p".into(),
+                UpstreamErrorKind::Status {
+                    status: 429,
+                    detail: None,
+                },
+            )
+            .with_retry_after(retry_after.map(HeaderValue::from_static))
+        };
+        let mut backoff = Duration::from_millis(100);
+        assert_eq!(
+            retry_wait(&status(Some("3")), &mut backoff, &routing),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_wait(&status(Some("30")), &mut backoff, &routing),
+            None
+        );
+        // An HTTP date, or nothing: the backoff, between half and all of it.
+        for (i, after) in [
+            Some("Wed, 21 Oct 2026 07:28:00 GMT"),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let step = Duration::from_millis(100 * (1 << i)).min(routing.backoff_max);
+            let wait = retry_wait(&status(after), &mut backoff, &routing).unwrap();
+            assert!(
+                wait >= step / 2 && wait <= step,
+                "{i}: {wait:?} for {step:?}"
+            );
+        }
+        assert_eq!(backoff, routing.backoff_max);
+    }
 }
