@@ -278,23 +278,41 @@ pub struct Admission {
     pub budget: Option<BudgetCharge>,
 }
 
+/// What a [`Limiter`] counts.
+#[derive(Default)]
+struct Counts {
+    /// Theoretical arrival time per (level, who).
+    tat: HashMap<(Level, String), Instant>,
+    /// The same for token rates.
+    token_tat: HashMap<(Level, String), Instant>,
+    /// Requests in flight per (level, who).
+    in_flight: HashMap<(Level, String), u32>,
+}
+
+/// Rates, token rates and concurrency in this process, under one lock: an
+/// admission checks and charges them all at once, so racing requests never
+/// pass a limit together, and a request touches one lock to be admitted,
+/// one to be settled and one to be let go.
 #[derive(Default)]
 pub struct Limiter {
-    /// Theoretical arrival time per (level, who).
-    tat: Mutex<HashMap<(Level, String), Instant>>,
-    /// The same for token rates.
-    token_tat: Mutex<HashMap<(Level, String), Instant>>,
-    in_flight: Arc<Mutex<HashMap<(Level, String), u32>>>,
+    counts: Arc<Mutex<Counts>>,
 }
 
 /// Holds a request's concurrency slots; they are given back when it is
 /// dropped (when the exchange ends, streams included).
-#[derive(Debug)]
 pub struct Slots {
     held: Vec<(Level, String)>,
-    in_flight: Arc<Mutex<HashMap<(Level, String), u32>>>,
+    counts: Arc<Mutex<Counts>>,
     /// Leases in Redis: the sets, and this request's name in them.
     shared: Option<(Arc<RedisLimits>, Vec<String>, String)>,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots")
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Slots {
@@ -310,13 +328,15 @@ impl Drop for Slots {
                 });
             }
         }
-        if let Ok(mut map) = self.in_flight.lock() {
-            for k in self.held.drain(..) {
-                if let Some(n) = map.get_mut(&k) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        map.remove(&k);
-                    }
+        if self.held.is_empty() {
+            return;
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for k in self.held.drain(..) {
+            if let Some(n) = counts.in_flight.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.in_flight.remove(&k);
                 }
             }
         }
@@ -327,116 +347,84 @@ impl Drop for Slots {
 /// forgotten.
 const MAX_TRACKED: usize = 100_000;
 
+/// A token-rate reservation worked out but not yet charged.
+type TokenPlan = (RateStatus, Vec<((Level, String), Instant)>, TokenCharge);
+
 impl Limiter {
     /// Admits a request costing `tokens` (its prompt estimate plus the
     /// completion it may ask for) at `now`, or says which limit refuses
-    /// it. Nothing is charged on a refusal.
+    /// it: token rates, then concurrency, then request rates, every level
+    /// checked before any is charged. Nothing is charged on a refusal.
     pub fn admit_with(
         &self,
         limits: &Applicable,
         tokens: u64,
         now: Instant,
     ) -> Result<Admission, Refusal> {
-        // Tokens are checked first and charged only once the rest passes.
-        let token_plan = self.check_tokens(limits, tokens, now)?;
-        let (requests, slots) = self.admit(limits, now)?;
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &mut *counts;
+        let token_plan = check_tokens(&mut c.token_tat, limits, tokens, now)?;
+        for (level, who, limit) in &limits.concurrency {
+            if c.in_flight
+                .get(&(*level, who.clone()))
+                .copied()
+                .unwrap_or(0)
+                >= *limit
+            {
+                return Err(Refusal::Concurrency {
+                    level: *level,
+                    limit: *limit,
+                });
+            }
+        }
+        let (requests, next) = check_rates(&mut c.tat, limits, now)?;
+        // Every limit passed: charge them all.
         let (status, charge) = match token_plan {
             Some((status, next, charge)) => {
-                let mut tat = self.token_tat.lock().unwrap_or_else(|p| p.into_inner());
-                for (k, t) in next {
-                    tat.insert(k, t);
-                }
+                c.token_tat.extend(next);
                 (Some(status), Some(charge))
             }
             None => (None, None),
         };
+        let mut held = Vec::with_capacity(limits.concurrency.len());
+        for (level, who, _) in &limits.concurrency {
+            *c.in_flight.entry((*level, who.clone())).or_default() += 1;
+            held.push((*level, who.clone()));
+        }
+        c.tat.extend(next);
+        drop(counts);
         Ok(Admission {
             requests,
             tokens: status,
-            slots,
+            slots: Slots {
+                held,
+                counts: Arc::clone(&self.counts),
+                shared: None,
+            },
             charge,
             budget: None,
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn check_tokens(
+    /// Admits a request at `now` by its request rates and concurrency.
+    pub fn admit(
         &self,
         limits: &Applicable,
-        cost: u64,
         now: Instant,
-    ) -> Result<Option<(RateStatus, Vec<((Level, String), Instant)>, TokenCharge)>, Refusal> {
-        if limits.tokens.is_empty() {
-            return Ok(None);
-        }
-        let mut tat = self.token_tat.lock().unwrap_or_else(|p| p.into_inner());
-        if tat.len() >= MAX_TRACKED {
-            tat.retain(|_, t| *t > now);
-        }
-        let mut tightest: Option<RateStatus> = None;
-        let mut next = Vec::new();
-        let mut per = Vec::new();
-        for (level, who, tpm) in &limits.tokens {
-            let tpm = (*tpm).max(1);
-            let interval = Duration::from_secs(60) / tpm;
-            let burst = interval * tpm;
-            let current = tat
-                .get(&(*level, who.clone()))
-                .copied()
-                .unwrap_or(now)
-                .max(now);
-            let spent = interval.saturating_mul(u32::try_from(cost).unwrap_or(u32::MAX));
-            let new_tat = current + spent;
-            let ahead = new_tat - now;
-            let remaining_now = u32::try_from(
-                (burst.saturating_sub(current - now)).as_nanos() / interval.as_nanos().max(1),
-            )
-            .unwrap_or(u32::MAX);
-            if ahead > burst {
-                let status = RateStatus {
-                    limit: tpm,
-                    remaining: remaining_now,
-                    reset: current - now,
-                };
-                let retry_after = (cost <= u64::from(tpm)).then(|| ahead - burst);
-                return Err(Refusal::Tokens {
-                    level: *level,
-                    retry_after,
-                    status,
-                });
-            }
-            let remaining = u32::try_from((burst - ahead).as_nanos() / interval.as_nanos().max(1))
-                .unwrap_or(u32::MAX);
-            let status = RateStatus {
-                limit: tpm,
-                remaining,
-                reset: ahead,
-            };
-            if tightest.is_none_or(|t| remaining < t.remaining) {
-                tightest = Some(status);
-            }
-            next.push(((*level, who.clone()), new_tat));
-            per.push(((*level, who.clone()), interval));
-        }
-        Ok(tightest.map(|t| {
-            (
-                t,
-                next,
-                TokenCharge {
-                    per,
-                    reserved: cost,
-                    shared: None,
-                },
-            )
-        }))
+    ) -> Result<(Option<RateStatus>, Slots), Refusal> {
+        self.admit_with(limits, 0, now)
+            .map(|a| (a.requests, a.slots))
     }
 
     /// Settles a reservation against what the request really used: the
     /// difference is given back (or taken).
     pub fn settle(&self, charge: &TokenCharge, used: u64) {
-        let mut tat = self.token_tat.lock().unwrap_or_else(|p| p.into_inner());
+        if charge.per.is_empty() {
+            return;
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (key, interval) in &charge.per {
-            let Some(t) = tat.get_mut(key) else {
+            let Some(t) = counts.token_tat.get_mut(key) else {
                 continue;
             };
             if used >= charge.reserved {
@@ -451,82 +439,141 @@ impl Limiter {
         }
     }
 
-    /// Admits a request at `now` or says which limit refuses it.
-    pub fn admit(
-        &self,
-        limits: &Applicable,
-        now: Instant,
-    ) -> Result<(Option<RateStatus>, Slots), Refusal> {
-        let mut slots = Slots {
+    /// Slots that hold nothing here: the admission was counted in Redis,
+    /// under `shared`'s leases.
+    fn no_slots(&self, shared: Option<(Arc<RedisLimits>, Vec<String>, String)>) -> Slots {
+        Slots {
             held: Vec::new(),
-            in_flight: Arc::clone(&self.in_flight),
-            shared: None,
+            counts: Arc::clone(&self.counts),
+            shared,
+        }
+    }
+}
+
+/// Token rates: the tightest status and the new arrival times, or the
+/// refusal; nothing is changed.
+fn check_tokens(
+    tat: &mut HashMap<(Level, String), Instant>,
+    limits: &Applicable,
+    cost: u64,
+    now: Instant,
+) -> Result<Option<TokenPlan>, Refusal> {
+    if limits.tokens.is_empty() {
+        return Ok(None);
+    }
+    if tat.len() >= MAX_TRACKED {
+        tat.retain(|_, t| *t > now);
+    }
+    let mut tightest: Option<RateStatus> = None;
+    let mut next = Vec::new();
+    let mut per = Vec::new();
+    for (level, who, tpm) in &limits.tokens {
+        let tpm = (*tpm).max(1);
+        let interval = Duration::from_secs(60) / tpm;
+        let burst = interval * tpm;
+        let current = tat
+            .get(&(*level, who.clone()))
+            .copied()
+            .unwrap_or(now)
+            .max(now);
+        let spent = interval.saturating_mul(u32::try_from(cost).unwrap_or(u32::MAX));
+        let new_tat = current + spent;
+        let ahead = new_tat - now;
+        let remaining_now = u32::try_from(
+            (burst.saturating_sub(current - now)).as_nanos() / interval.as_nanos().max(1),
+        )
+        .unwrap_or(u32::MAX);
+        if ahead > burst {
+            let status = RateStatus {
+                limit: tpm,
+                remaining: remaining_now,
+                reset: current - now,
+            };
+            let retry_after = (cost <= u64::from(tpm)).then(|| ahead - burst);
+            return Err(Refusal::Tokens {
+                level: *level,
+                retry_after,
+                status,
+            });
+        }
+        let remaining = u32::try_from((burst - ahead).as_nanos() / interval.as_nanos().max(1))
+            .unwrap_or(u32::MAX);
+        let status = RateStatus {
+            limit: tpm,
+            remaining,
+            reset: ahead,
         };
-        if !limits.concurrency.is_empty() {
-            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            for (level, who, limit) in &limits.concurrency {
-                if map.get(&(*level, who.clone())).copied().unwrap_or(0) >= *limit {
-                    return Err(Refusal::Concurrency {
-                        level: *level,
-                        limit: *limit,
-                    });
-                }
-            }
-            for (level, who, _) in &limits.concurrency {
-                *map.entry((*level, who.clone())).or_default() += 1;
-                slots.held.push((*level, who.clone()));
-            }
+        if tightest.is_none_or(|t| remaining < t.remaining) {
+            tightest = Some(status);
         }
-        if limits.rates.is_empty() {
-            return Ok((None, slots));
-        }
-        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
-        if tat.len() >= MAX_TRACKED {
-            tat.retain(|_, t| *t > now);
-        }
-        // Check every level, then charge every level.
-        let mut tightest: Option<RateStatus> = None;
-        let mut next = Vec::with_capacity(limits.rates.len());
-        for (level, who, rpm) in &limits.rates {
-            let rpm = (*rpm).max(1);
-            let interval = Duration::from_secs(60) / rpm;
-            let burst = interval * rpm;
-            let current = tat
-                .get(&(*level, who.clone()))
-                .copied()
-                .unwrap_or(now)
-                .max(now);
-            let new_tat = current + interval;
-            let ahead = new_tat - now;
-            if ahead > burst {
-                let status = RateStatus {
-                    limit: rpm,
-                    remaining: 0,
-                    reset: current - now,
-                };
-                return Err(Refusal::Rate {
-                    level: *level,
-                    retry_after: ahead - burst,
-                    status,
-                });
-            }
-            let remaining = u32::try_from((burst - ahead).as_nanos() / interval.as_nanos().max(1))
-                .unwrap_or(u32::MAX);
+        next.push(((*level, who.clone()), new_tat));
+        per.push(((*level, who.clone()), interval));
+    }
+    Ok(tightest.map(|t| {
+        (
+            t,
+            next,
+            TokenCharge {
+                per,
+                reserved: cost,
+                shared: None,
+            },
+        )
+    }))
+}
+
+/// Request rates: the tightest status and the new arrival times, or the
+/// refusal; nothing is changed.
+#[allow(clippy::type_complexity)]
+fn check_rates(
+    tat: &mut HashMap<(Level, String), Instant>,
+    limits: &Applicable,
+    now: Instant,
+) -> Result<(Option<RateStatus>, Vec<((Level, String), Instant)>), Refusal> {
+    if limits.rates.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    if tat.len() >= MAX_TRACKED {
+        tat.retain(|_, t| *t > now);
+    }
+    let mut tightest: Option<RateStatus> = None;
+    let mut next = Vec::with_capacity(limits.rates.len());
+    for (level, who, rpm) in &limits.rates {
+        let rpm = (*rpm).max(1);
+        let interval = Duration::from_secs(60) / rpm;
+        let burst = interval * rpm;
+        let current = tat
+            .get(&(*level, who.clone()))
+            .copied()
+            .unwrap_or(now)
+            .max(now);
+        let new_tat = current + interval;
+        let ahead = new_tat - now;
+        if ahead > burst {
             let status = RateStatus {
                 limit: rpm,
-                remaining,
-                reset: ahead,
+                remaining: 0,
+                reset: current - now,
             };
-            if tightest.is_none_or(|t| remaining < t.remaining) {
-                tightest = Some(status);
-            }
-            next.push(((*level, who.clone()), new_tat));
+            return Err(Refusal::Rate {
+                level: *level,
+                retry_after: ahead - burst,
+                status,
+            });
         }
-        for (k, t) in next {
-            tat.insert(k, t);
+        let remaining = u32::try_from((burst - ahead).as_nanos() / interval.as_nanos().max(1))
+            .unwrap_or(u32::MAX);
+        let status = RateStatus {
+            limit: rpm,
+            remaining,
+            reset: ahead,
+        };
+        if tightest.is_none_or(|t| remaining < t.remaining) {
+            tightest = Some(status);
         }
-        Ok((tightest, slots))
+        next.push(((*level, who.clone()), new_tat));
     }
+    Ok((tightest, next))
 }
 
 /// Which limits apply and where they are counted: in this process, or in
@@ -656,12 +703,9 @@ impl Limits {
                 Ok(Admission {
                     requests: a.requests,
                     tokens: a.tokens,
-                    slots: Slots {
-                        held: Vec::new(),
-                        in_flight: Arc::clone(&self.local.in_flight),
-                        shared: (!a.slots.is_empty())
-                            .then(|| (Arc::clone(&shared.redis), a.slots, member)),
-                    },
+                    slots: self.local.no_slots(
+                        (!a.slots.is_empty()).then(|| (Arc::clone(&shared.redis), a.slots, member)),
+                    ),
                     charge: (!a.token_keys.is_empty()).then(|| TokenCharge {
                         per: Vec::new(),
                         reserved: ask.tokens,
@@ -1040,7 +1084,7 @@ mod tests {
         drop(a);
         let c = l.admit(&limits, now).unwrap();
         drop((b, c));
-        assert!(l.in_flight.lock().unwrap().is_empty());
+        assert!(l.counts.lock().unwrap().in_flight.is_empty());
     }
 
     #[test]
@@ -1064,6 +1108,36 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 1000);
+    }
+
+    /// Token rates, concurrency and request rates together: each request
+    /// reserves 100 of 10,000 tokens a minute; exactly 100 pass, however
+    /// the threads interleave, and the slots all come back.
+    #[test]
+    fn racing_token_reservations_never_overshoot() {
+        let l = Arc::new(Limiter::default());
+        let t0 = Instant::now();
+        let limits = Applicable {
+            tokens: vec![(Level::Tenant, "acme".into(), 10_000)],
+            concurrency: vec![(Level::Key, "k".into(), 1_000_000)],
+            rates: vec![(Level::App, "acme/bot".into(), 1_000_000)],
+            ..Applicable::default()
+        };
+        let passed: usize = (0..8)
+            .map(|_| {
+                let (l, limits) = (Arc::clone(&l), limits.clone());
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|_| l.admit_with(&limits, 100, t0).is_ok())
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(passed, 100);
+        assert!(l.counts.lock().unwrap().in_flight.is_empty());
     }
 
     #[test]
