@@ -39,10 +39,21 @@ impl Period {
     }
 }
 
-/// The current day and month, from Unix seconds.
+/// The current day and month, from Unix seconds; worked out once a day
+/// per thread.
 pub fn periods(now: i64) -> (String, String) {
-    let t = palisade_ledger::time::rfc3339(now);
-    (t[..10].to_owned(), t[..7].to_owned())
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new(), String::new())) };
+    }
+    let day = now.div_euclid(86_400);
+    LAST.with_borrow_mut(|last| {
+        if last.0 != day {
+            let date = palisade_config::format_date(day);
+            *last = (day, date.clone(), date[..7].to_owned());
+        }
+        (last.1.clone(), last.2.clone())
+    })
 }
 
 /// Tokens and cost spent (or, as a pending change, to add).
@@ -476,5 +487,25 @@ mod tests {
             .map(|t| t.join().unwrap())
             .sum();
         assert_eq!(passed, 333);
+    }
+
+    #[test]
+    fn periods_are_the_utc_day_and_month() {
+        for now in [
+            0,
+            86_399,
+            86_400,
+            951_782_399,
+            951_782_400,
+            1_795_392_000,
+            1_795_478_399,
+        ] {
+            let t = palisade_ledger::time::rfc3339(now);
+            assert_eq!(
+                periods(now),
+                (t[..10].to_owned(), t[..7].to_owned()),
+                "{now}"
+            );
+        }
     }
 }

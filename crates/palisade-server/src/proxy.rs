@@ -745,20 +745,28 @@ fn retry_wait(
     Some(wait)
 }
 
+/// OpenAI's rate headers: limit, remaining and reset, for requests and for
+/// tokens.
+const RATE_HEADERS: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
+
 /// The rate headers OpenAI's clients read (`what`: requests or tokens).
 fn rate_headers(headers: &mut HeaderMap, what: &str, rate: crate::limits::RateStatus) {
-    let name = |n: &str| HeaderName::try_from(format!("x-ratelimit-{n}-{what}"));
-    if let Ok(h) = name("limit") {
-        headers.insert(h, HeaderValue::from(rate.limit));
-    }
-    if let Ok(h) = name("remaining") {
-        headers.insert(h, HeaderValue::from(rate.remaining));
-    }
-    if let (Ok(h), Ok(v)) = (
-        name("reset"),
-        HeaderValue::from_str(&crate::limits::reset_header(rate.reset)),
-    ) {
-        headers.insert(h, v);
+    let [limit, remaining, reset] = &RATE_HEADERS[usize::from(what == "tokens")];
+    headers.insert(limit.clone(), HeaderValue::from(rate.limit));
+    headers.insert(remaining.clone(), HeaderValue::from(rate.remaining));
+    if let Ok(v) = HeaderValue::from_str(&crate::limits::reset_header(rate.reset)) {
+        headers.insert(reset.clone(), v);
     }
 }
 
