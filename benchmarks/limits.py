@@ -29,13 +29,12 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import BIN, ROOT, cpu_seconds, prepare, rss_kib, stop, wait_file, wrk  # noqa: E402
+from overhead import ROOT, cpu_seconds, prepare, rss_kib, start_gateway, stop, wrk  # noqa: E402
 
 SENTENCES = [
     "The quarterly review covered the migration of the billing service to the new cluster.",
@@ -105,42 +104,8 @@ def main():
 
         gateways = {}
         for name, extra in variants.items():
+            gw, addr, key = start_gateway(work, name, mock_addr, "relaxed", extra, procs)
             d = work / name
-            d.mkdir()
-            cfg = d / "palisade.toml"
-            cfg.write_text(f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = "{d / 'data'}"
-
-[log]
-format = "json"
-
-[ledger]
-durability = "relaxed"
-
-[access]
-environments = ["bench"]
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://{mock_addr}/v1"
-
-[[models]]
-name = "bench"
-provider = "mock"
-{extra}""")
-            created = subprocess.run(
-                [BIN, "keys", "create", "--config", cfg, "--tenant", "bench", "--app", "wrk", "--env", "bench", "--json"],
-                check=True, capture_output=True, text=True,
-            ).stdout
-            key = json.loads(created)["key"]
-            ready = d / "ready.json"
-            gw = subprocess.Popen([BIN, "serve", "--config", cfg, "--ready-file", ready], stderr=open(d / "gateway.log", "w"))
-            procs.append(gw)
-            addr = wait_file(ready, gw)["proxy"]
             body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
             head, tail = body.split(PROMPT)
             scripts = {}

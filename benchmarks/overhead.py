@@ -132,6 +132,47 @@ def prepare(args, prefix):
     return work, [mock], wait_file(mock_ready, mock)["addr"]
 
 
+def start_gateway(work, name, mock_addr, durability, extra, procs, log_level="info"):
+    """A gateway in work/name in front of the mock, with `extra` config
+    appended and a key for tenant `bench`. Returns (process, proxy address,
+    key)."""
+    d = work / name
+    d.mkdir()
+    cfg = d / "palisade.toml"
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "{d / 'data'}"
+
+[log]
+level = "{log_level}"
+format = "json"
+
+[ledger]
+durability = "{durability}"
+
+[access]
+environments = ["bench"]
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://{mock_addr}/v1"
+
+[[models]]
+name = "bench"
+provider = "mock"
+{extra}""")
+    created = subprocess.run([BIN, "keys", "create", "--config", cfg, "--tenant", "bench", "--app", "wrk",
+                              "--env", "bench", "--json"], check=True, capture_output=True, text=True).stdout
+    key = json.loads(created)["key"]
+    ready = d / "ready.json"
+    gw = subprocess.Popen([BIN, "serve", "--config", cfg, "--ready-file", ready], stderr=open(d / "gateway.log", "w"))
+    procs.append(gw)
+    return gw, wait_file(ready, gw)["proxy"], key
+
+
 def stop(procs, work):
     for p in procs:
         p.terminate()
@@ -154,41 +195,8 @@ def main():
     args = ap.parse_args()
     work, procs, mock_addr = prepare(args, "palisade-bench-")
     try:
-        (work / "palisade.toml").write_text(f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = "{work / 'data'}"
-
-[log]
-level = "{args.log_level}"
-format = "json"
-
-[ledger]
-durability = "{args.durability}"
-
-[access]
-environments = ["bench"]
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://{mock_addr}/v1"
-
-[[models]]
-name = "bench"
-provider = "mock"
-""")
-        created = subprocess.run(
-            [BIN, "keys", "create", "--config", work / "palisade.toml", "--tenant", "bench", "--app", "wrk", "--env", "bench", "--json"],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        key = json.loads(created)["key"]
-        gw_ready = work / "gateway.json"
-        log = open(work / "gateway.log", "w")
-        gateway = subprocess.Popen([BIN, "serve", "--config", work / "palisade.toml", "--ready-file", gw_ready], stderr=log)
-        procs.append(gateway)
-        gw_addr = wait_file(gw_ready, gateway)["proxy"]
+        gateway, gw_addr, key = start_gateway(work, "gateway", mock_addr, args.durability, "", procs,
+                                              log_level=args.log_level)
         time.sleep(0.5)
         idle_rss = rss_kib(gateway.pid)
 

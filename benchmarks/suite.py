@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import BIN, ROOT, cpu_seconds, rss_kib, stop, wait_file  # noqa: E402
+from overhead import BIN, ROOT, cpu_seconds, rss_kib, start_gateway, stop, wait_file  # noqa: E402
 
 # A 3 KiB support ticket with the PII a real one carries.
 PII = (
@@ -110,43 +110,6 @@ def start_mock(work, name, latency_ms, procs):
                              "--ready-file", ready], stderr=subprocess.DEVNULL)
     procs.append(mock)
     return wait_file(ready, mock)["addr"]
-
-
-def start_gateway(work, name, mock_addr, durability, extra, procs):
-    d = work / name
-    d.mkdir()
-    cfg = d / "palisade.toml"
-    cfg.write_text(f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-data_dir = "{d / 'data'}"
-
-[log]
-format = "json"
-
-[ledger]
-durability = "{durability}"
-
-[access]
-environments = ["bench"]
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://{mock_addr}/v1"
-
-[[models]]
-name = "bench"
-provider = "mock"
-{extra}""")
-    created = subprocess.run([BIN, "keys", "create", "--config", cfg, "--tenant", "bench", "--app", "wrk",
-                              "--env", "bench", "--json"], check=True, capture_output=True, text=True).stdout
-    key = json.loads(created)["key"]
-    ready = d / "ready.json"
-    gw = subprocess.Popen([BIN, "serve", "--config", cfg, "--ready-file", ready], stderr=open(d / "gateway.log", "w"))
-    procs.append(gw)
-    return gw, wait_file(ready, gw)["proxy"], key
 
 
 def main():
