@@ -23,10 +23,13 @@ alike:
 
 Figures per scenario, mock latency and concurrency: requests/s, p50, p90,
 p99 and p99.9 latency (wrk's own histogram), the latency added against
-direct, the gateway's CPU time per request and its RSS. Writes
+direct, the gateway's CPU time per request and its RSS. Then streams: the
+time to the first event, direct and through the minimal gateway, one at a
+time over one connection; and the minimal gateway's RSS with 2,000 streams
+open through it at once (100 in smoke mode). Writes
 benchmarks/results/suite.json. Needs wrk (Debian's package; installed here
 when missing and running as root). Still to come: LiteLLM in the same run,
-streaming time to first byte, 2,000 open streams, plots.
+plots.
 """
 
 import argparse
@@ -42,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import BIN, ROOT, cpu_seconds, rss_kib, start_gateway, stop, wait_file  # noqa: E402
+from overhead import BIN, ROOT, cpu_seconds, rss_kib, start_gateway, stop, ttfb, wait_file  # noqa: E402
 
 # A 3 KiB support ticket with the PII a real one carries.
 PII = (
@@ -112,6 +115,52 @@ def start_mock(work, name, latency_ms, procs):
     return wait_file(ready, mock)["addr"]
 
 
+async def hold_streams(addr, key, n, chunk_delay_ms):
+    """Opens n streaming chat requests at once and waits until every one
+    has its first event. Returns the open connections (close them) and the
+    seconds it took."""
+    import asyncio
+
+    host, port = addr.rsplit(":", 1)
+    body = json.dumps({"model": "bench", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}).encode()
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\n{auth}"
+            f"x-mock-chunk-delay-ms: {chunk_delay_ms}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+    async def one():
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head + body)
+        await writer.drain()
+        buf = b""
+        while b"data:" not in buf:
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise RuntimeError("stream closed before its first event")
+            buf += chunk
+        return writer
+
+    started = time.perf_counter()
+    writers = await asyncio.gather(*(one() for _ in range(n)))
+    return writers, time.perf_counter() - started
+
+
+def open_streams(gw, addr, key, n):
+    """The gateway's RSS with n streams open through it at once."""
+    import asyncio
+
+    async def run():
+        before = rss_kib(gw.pid)
+        writers, took = await hold_streams(addr, key, n, chunk_delay_ms=3000)
+        held = rss_kib(gw.pid)
+        for w in writers:
+            w.close()
+        return {"streams": n, "rss_before_mib": before / 1024, "rss_with_streams_mib": held / 1024,
+                "seconds_to_open": took}
+
+    return asyncio.run(run())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few seconds, proves the harness; figures not worth quoting")
@@ -123,6 +172,11 @@ def main():
     if args.smoke:
         args.seconds, args.rounds, latencies, conns = 1, 1, (0,), (1, 8)
     ensure_wrk()
+    # Thousands of open streams need as many sockets, here and in the
+    # gateway and mock started below (they inherit the limit).
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "palisade"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="palisade-suite-"))
     procs = []
@@ -131,6 +185,7 @@ def main():
         ticket = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
         targets = {}
         gateways = {}
+        keys = {}
         for lat in latencies:
             mock = start_mock(work, f"mock{lat}", lat, procs)
             # Each gateway scenario against the direct path with the same body.
@@ -147,6 +202,7 @@ def main():
                 targets[(lat, name)] = (f"http://{addr}/v1/chat/completions", script, gw)
                 if gw is not None:
                     gateways[(lat, name)] = gw
+                    keys[(lat, name)] = key
         # Warm every path.
         for url, script, _ in targets.values():
             run_wrk(url, script, 4, 1)
@@ -178,6 +234,20 @@ def main():
                 row["gateway_rss_mib"] = rss_kib(gateways[(lat, name)].pid) / 1024
             results.append(row)
 
+        # Streams: time to the first event, one at a time over one
+        # connection; then many open at once.
+        lat0 = latencies[0]
+        mock_addr0 = targets[(lat0, "direct")][0].split("/")[2]
+        min_addr = targets[(lat0, "minimal")][0].split("/")[2]
+        gw_min, min_key = gateways[(lat0, "minimal")], keys[(lat0, "minimal")]
+        n = 50 if args.smoke else 500
+        first_event = {}
+        for name, addr in (("direct", mock_addr0), ("minimal", min_addr)):
+            t = ttfb(addr, min_key, n)
+            first_event[name] = {"p50": statistics.median(t), "p99": t[int(len(t) * 0.99) - 1]}
+        first_event["added_ms"] = {k: first_event["minimal"][k] - first_event["direct"][k] for k in ("p50", "p99")}
+        streams = open_streams(gw_min, min_addr, min_key, 100 if args.smoke else 2000)
+
         report = {
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
@@ -186,6 +256,8 @@ def main():
             "rounds": args.rounds,
             "prompt_bytes": len(PROMPT),
             "results": results,
+            "stream_first_event_ms": first_event,
+            "open_streams": streams,
         }
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +273,13 @@ def main():
                   f"{r.get('throughput_vs_direct', 1.0):.2f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p99.9']:.3f} | "
                   f"{fmt(added.get('p50'))} | {fmt(added.get('p99'))} | "
                   f"{fmt(r.get('gateway_cpu_us_per_request'), 1)} µs | {fmt(r.get('gateway_rss_mib'), 1)} |")
+        fe = first_event
+        print(f"stream time to first event ({n} sequential): direct p50 {fe['direct']['p50']:.3f} ms, "
+              f"minimal p50 {fe['minimal']['p50']:.3f} ms p99 {fe['minimal']['p99']:.3f} ms; "
+              f"added p50 {fe['added_ms']['p50'] * 1000:.0f} µs, p99 {fe['added_ms']['p99'] * 1000:.0f} µs")
+        print(f"{streams['streams']} streams open at once through the minimal gateway: RSS "
+              f"{streams['rss_before_mib']:.1f} -> {streams['rss_with_streams_mib']:.1f} MiB "
+              f"(opened in {streams['seconds_to_open']:.1f} s)")
     finally:
         stop(procs, work)
 
