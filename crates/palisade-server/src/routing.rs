@@ -62,12 +62,6 @@ impl Reason {
             Self::CircuitOpen => "circuit_open",
         }
     }
-
-    /// Whether the exclusion comes from the tenant's policy (as opposed to
-    /// the target's health or dialect).
-    pub fn is_policy(self) -> bool {
-        !matches!(self, Self::Dialect | Self::CircuitOpen)
-    }
 }
 
 /// A tenant's routing policy, compiled.
@@ -111,14 +105,6 @@ impl Policy {
 
     pub fn requires(&self, r: Requirement) -> bool {
         self.require & bit(r) != 0
-    }
-
-    /// The requirements, for the audit entry and reviews.
-    pub fn requirements(&self) -> Vec<Requirement> {
-        Requirement::ALL
-            .into_iter()
-            .filter(|r| self.requires(*r))
-            .collect()
     }
 
     /// Whether a request may narrow itself to `region`: it must overlap
@@ -444,11 +430,6 @@ impl Circuit {
             }
             Some(_) => Admit::No,
         }
-    }
-
-    /// Whether the circuit is open (probing included).
-    pub fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
     }
 
     /// Records how a request sent to the target ended.

@@ -49,6 +49,11 @@ async fn mock(options: MockOptions) -> MockServer {
         .unwrap()
 }
 
+/// The base URL of a mock that is gone: nothing listens on its port.
+async fn dead_url() -> String {
+    mock(MockOptions::default()).await.base_url()
+}
+
 fn entries_of<'a>(entries: &'a [Value], kind: &str) -> Vec<&'a Value> {
     entries.iter().filter(|e| e["kind"] == kind).collect()
 }
@@ -168,10 +173,7 @@ async fn assert_failed_over(app: &TestApp, second: &MockServer, error: &str) {
 
 #[tokio::test]
 async fn a_refused_connection_fails_over_at_once() {
-    // A port nobody listens on.
-    let closed = mock(MockOptions::default()).await;
-    let dead_url = closed.base_url();
-    drop(closed);
+    let dead_url = dead_url().await;
     let second = mock(MockOptions::default()).await;
     let b = second.base_url();
     let app = spawn_with(MockOptions::default(), move |c: &mut Config| {
@@ -380,9 +382,7 @@ async fn a_load_that_changes_a_providers_facts_is_recorded() {
 
 #[tokio::test]
 async fn a_failing_health_check_takes_a_target_out_before_any_request() {
-    let closed = mock(MockOptions::default()).await;
-    let dead_url = closed.base_url();
-    drop(closed);
+    let dead_url = dead_url().await;
     let second = mock(MockOptions::default()).await;
     let b = second.base_url();
     let app = spawn_with(MockOptions::default(), move |c: &mut Config| {
