@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,12 @@ def stop(procs, work):
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+        # A process started in its own session (LiteLLM's gunicorn) may
+        # leave workers behind: end its whole group.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -19,17 +19,23 @@ alike:
   (every request durable before it is forwarded), data protection
   tokenizing its PII, and a tenant with a request rate, a token rate,
   concurrency and a daily token budget (all far above what the run
-  reaches).
+  reaches);
+- litellm: LiteLLM's proxy, installed from PyPI into benchmarks/.venv
+  (pinned in benchmarks/requirements.txt) and run as its production guide
+  recommends (see peers.py), with the one-line request.
 
 Figures per scenario, mock latency and concurrency: requests/s, p50, p90,
 p99 and p99.9 latency (wrk's own histogram), the latency added against
-direct, the gateway's CPU time per request and its RSS. Then streams: the
+direct, the gateway's CPU time per request and its RSS (summed over a
+process and its children, for LiteLLM's workers), the latency distribution,
+and the ratios Palisade / LiteLLM. Then streams: the
 time to the first event, direct and through the minimal gateway, one at a
 time over one connection; and the minimal gateway's RSS with 2,000 streams
 open through it at once (100 in smoke mode). Writes
-benchmarks/results/suite.json. Needs wrk (Debian's package; installed here
-when missing and running as root). Still to come: LiteLLM in the same run,
-plots.
+benchmarks/results/suite.json and, beside it, latency-cdf.png and
+throughput.png (plots.py). Needs wrk (Debian's package; installed here when
+missing and running as root) and PyPI for the virtualenv (`--no-litellm`
+leaves the peer out; the plots are still drawn when the virtualenv is there).
 """
 
 import argparse
@@ -45,7 +51,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import BIN, ROOT, cpu_seconds, rss_kib, start_gateway, stop, ttfb, wait_file  # noqa: E402
+import peers  # noqa: E402
+from overhead import BIN, ROOT, rss_kib, start_gateway, stop, ttfb, wait_file  # noqa: E402
 
 # A 3 KiB support ticket with the PII a real one carries.
 PII = (
@@ -65,10 +72,17 @@ wrk.body = [[{body}]]
 wrk.headers["Content-Type"] = "application/json"
 {auth}
 done = function(summary, latency, requests)
-  io.write(string.format("SUITE %d %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9)))
+  local e = summary.errors
+  io.write(string.format("SUITE %d %d %d", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout))
+  for _, p in ipairs({{{percentiles}}}) do
+    io.write(string.format(" %g:%d", p, latency:percentile(p)))
+  end
+  io.write("\\n")
 end
 """
+# Points of the latency distribution wrk reports for each run (the CDF plot).
+PERCENTILES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.99)
 
 LIMITS = """
 [[tenants]]
@@ -94,17 +108,18 @@ def ensure_wrk():
 
 def run_wrk(url, script, conns, seconds):
     threads = 1 if conns == 1 else 2
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "-s", str(script), url],
-                         check=True, capture_output=True, text=True).stdout
-    if "Non-2xx or 3xx responses" in out:
-        sys.exit(f"wrk saw errors:\n{out}")
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "30s",
+                          "-s", str(script), url], check=True, capture_output=True, text=True).stdout
     line = next((l for l in out.splitlines() if l.startswith("SUITE ")), None)
     if line is None:
         sys.exit(f"wrk printed no figures:\n{out}")
-    requests, duration_us, p50, p90, p99, p999 = (int(x) for x in line.split()[1:])
-    ms = lambda us: us / 1000.0  # noqa: E731
+    fields = line.split()
+    requests, duration_us, errors = (int(x) for x in fields[1:4])
+    if errors:
+        sys.exit(f"wrk saw {errors} errors against {url}:\n{out}")
+    pct = {p: int(us) / 1000.0 for p, us in (f.split(":") for f in fields[4:])}
     return {"requests": requests, "rps": requests / (duration_us / 1e6),
-            "p50": ms(p50), "p90": ms(p90), "p99": ms(p99), "p99.9": ms(p999)}
+            "p50": pct["50"], "p90": pct["90"], "p99": pct["99"], "p99.9": pct["99.9"], "percentiles_ms": pct}
 
 
 def start_mock(work, name, latency_ms, procs):
@@ -161,17 +176,49 @@ def open_streams(gw, addr, key, n):
     return asyncio.run(run())
 
 
+def median_row(rs):
+    row = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p90", "p99", "p99.9")}
+    row["percentiles_ms"] = {p: statistics.median(r["percentiles_ms"][p] for r in rs) for p in rs[0]["percentiles_ms"]}
+    return row
+
+
+def peer_ratios(results):
+    """Palisade against LiteLLM at each mock latency and concurrency: how
+    many times its requests per second, and what fraction of LiteLLM's added
+    p99 and RSS."""
+    by = {(r["mock_latency_ms"], r["scenario"], r["concurrency"]): r for r in results}
+    out = []
+    for (lat, name, c), peer in by.items():
+        if name != "litellm":
+            continue
+        for ours in ("minimal", "full"):
+            r = by.get((lat, ours, c))
+            if r is None:
+                continue
+            out.append({
+                "mock_latency_ms": lat, "concurrency": c, "palisade": ours,
+                "rps_times": r["rps"] / peer["rps"],
+                "added_p99_fraction": r["added_ms"]["p99"] / peer["added_ms"]["p99"] if peer["added_ms"]["p99"] > 0 else None,
+                "rss_fraction": r["gateway_rss_mib"] / peer["gateway_rss_mib"],
+            })
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few seconds, proves the harness; figures not worth quoting")
+    ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (no PyPI needed)")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
     args = ap.parse_args()
-    latencies, conns = (0, 50), (1, 64)
+    # Concurrency per mock latency: a sweep with the mock answering at
+    # once (the throughput plot), 1 and 64 behind a 50 ms provider.
+    sweep = {0: (1, 8, 64, 256), 50: (1, 64)}
     if args.smoke:
-        args.seconds, args.rounds, latencies, conns = 1, 1, (0,), (1, 8)
+        args.seconds, args.rounds, sweep = 1, 1, {0: (1, 8)}
     ensure_wrk()
+    venv_python = None if args.no_litellm else peers.python()
     # Thousands of open streams need as many sockets, here and in the
     # gateway and mock started below (they inherit the limit).
     import resource
@@ -184,46 +231,50 @@ def main():
         small = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Hello, how are you today?"}]})
         ticket = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
         targets = {}
-        gateways = {}
+        servers = {}
         keys = {}
-        for lat in latencies:
+        for lat in sweep:
             mock = start_mock(work, f"mock{lat}", lat, procs)
-            # Each gateway scenario against the direct path with the same body.
+            # Each proxy against the direct path with the same body.
             scenarios = {
                 "direct": ((None, mock, None), small),
                 "minimal": (start_gateway(work, f"minimal{lat}", mock, "relaxed", "", procs), small),
                 "direct-3k": ((None, mock, None), ticket),
                 "full": (start_gateway(work, f"full{lat}", mock, "strict", LIMITS, procs), ticket),
             }
-            for name, ((gw, addr, key), body) in scenarios.items():
+            if venv_python:
+                port = free_port()
+                scenarios["litellm"] = (peers.start_litellm(work, f"litellm{lat}", mock, port, procs,
+                                                            workers=os.cpu_count() or 1), small)
+            for name, ((server, addr, key), body) in scenarios.items():
                 script = work / f"{name}{lat}.lua"
                 auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
-                script.write_text(LUA.format(body=body, auth=auth))
-                targets[(lat, name)] = (f"http://{addr}/v1/chat/completions", script, gw)
-                if gw is not None:
-                    gateways[(lat, name)] = gw
+                script.write_text(LUA.format(body=body, auth=auth, percentiles=", ".join(map(str, PERCENTILES))))
+                targets[(lat, name)] = (f"http://{addr}/v1/chat/completions", script, server)
+                if server is not None:
+                    servers[(lat, name)] = server
                     keys[(lat, name)] = key
         # Warm every path.
         for url, script, _ in targets.values():
             run_wrk(url, script, 4, 1)
 
-        runs = {(lat, name, c): [] for (lat, name) in targets for c in conns}
+        runs = {(lat, name, c): [] for (lat, name) in targets for c in sweep[lat]}
         cpu = {key: [0.0, 0] for key in runs}
         for _ in range(args.rounds):
             for (lat, name, c) in runs:
-                url, script, gw = targets[(lat, name)]
-                before = cpu_seconds(gw.pid) if gw else 0.0
+                url, script, server = targets[(lat, name)]
+                before = peers.tree_cpu_seconds(server.pid) if server else 0.0
                 r = run_wrk(url, script, c, args.seconds)
-                if gw:
-                    cpu[(lat, name, c)][0] += cpu_seconds(gw.pid) - before
+                if server:
+                    cpu[(lat, name, c)][0] += peers.tree_cpu_seconds(server.pid) - before
                     cpu[(lat, name, c)][1] += r["requests"]
                 runs[(lat, name, c)].append(r)
 
         results = []
         for (lat, name, c), rs in runs.items():
-            med = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p90", "p99", "p99.9")}
+            med = median_row(rs)
             base = "direct-3k" if name == "full" else "direct"
-            direct = {k: statistics.median(r[k] for r in runs[(lat, base, c)]) for k in ("rps", "p50", "p90", "p99", "p99.9")}
+            direct = median_row(runs[(lat, base, c)])
             row = {"mock_latency_ms": lat, "scenario": name, "concurrency": c, **med}
             if not name.startswith("direct"):
                 row["compared_with"] = base
@@ -231,15 +282,16 @@ def main():
                 row["throughput_vs_direct"] = med["rps"] / direct["rps"]
                 used, n = cpu[(lat, name, c)]
                 row["gateway_cpu_us_per_request"] = 1e6 * used / max(n, 1)
-                row["gateway_rss_mib"] = rss_kib(gateways[(lat, name)].pid) / 1024
+                row["gateway_rss_mib"] = peers.tree_rss_kib(servers[(lat, name)].pid) / 1024
             results.append(row)
+        ratios = peer_ratios(results)
 
         # Streams: time to the first event, one at a time over one
         # connection; then many open at once.
-        lat0 = latencies[0]
+        lat0 = next(iter(sweep))
         mock_addr0 = targets[(lat0, "direct")][0].split("/")[2]
         min_addr = targets[(lat0, "minimal")][0].split("/")[2]
-        gw_min, min_key = gateways[(lat0, "minimal")], keys[(lat0, "minimal")]
+        gw_min, min_key = servers[(lat0, "minimal")], keys[(lat0, "minimal")]
         n = 50 if args.smoke else 500
         first_event = {}
         for name, addr in (("direct", mock_addr0), ("minimal", min_addr)):
@@ -255,7 +307,9 @@ def main():
             "seconds_per_run": args.seconds,
             "rounds": args.rounds,
             "prompt_bytes": len(PROMPT),
+            "litellm_version": peers.version(venv_python, "litellm") if venv_python else None,
             "results": results,
+            "palisade_vs_litellm": ratios,
             "stream_first_event_ms": first_event,
             "open_streams": streams,
         }
@@ -263,7 +317,7 @@ def main():
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
         print(f"machine: {report['machine']}; {args.rounds} rounds x {args.seconds}s, medians; "
-              f"{len(PROMPT)}-byte prompt; wrote {out}")
+              f"{len(PROMPT)}-byte prompt; LiteLLM {report['litellm_version']}; wrote {out}")
         print("| mock | scenario | c | req/s | vs direct | p50 ms | p99 ms | p99.9 ms | added p50 µs | added p99 µs | CPU/req | RSS MiB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
@@ -273,6 +327,13 @@ def main():
                   f"{r.get('throughput_vs_direct', 1.0):.2f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p99.9']:.3f} | "
                   f"{fmt(added.get('p50'))} | {fmt(added.get('p99'))} | "
                   f"{fmt(r.get('gateway_cpu_us_per_request'), 1)} µs | {fmt(r.get('gateway_rss_mib'), 1)} |")
+        if ratios:
+            print("| mock | c | Palisade | × LiteLLM's req/s | of LiteLLM's added p99 | of LiteLLM's RSS |")
+            print("|---|---|---|---|---|---|")
+            for q in ratios:
+                frac = lambda v: f"1/{1 / v:.0f}" if v and v > 0 else "-"  # noqa: E731
+                print(f"| {q['mock_latency_ms']} ms | {q['concurrency']} | {q['palisade']} | {q['rps_times']:.1f} | "
+                      f"{frac(q['added_p99_fraction'])} | {frac(q['rss_fraction'])} |")
         fe = first_event
         print(f"stream time to first event ({n} sequential): direct p50 {fe['direct']['p50']:.3f} ms, "
               f"minimal p50 {fe['minimal']['p50']:.3f} ms p99 {fe['minimal']['p99']:.3f} ms; "
@@ -280,8 +341,21 @@ def main():
         print(f"{streams['streams']} streams open at once through the minimal gateway: RSS "
               f"{streams['rss_before_mib']:.1f} -> {streams['rss_with_streams_mib']:.1f} MiB "
               f"(opened in {streams['seconds_to_open']:.1f} s)")
+        plot_with = venv_python or (peers.VENV / "bin" / "python")
+        if Path(plot_with).exists():
+            subprocess.run([plot_with, ROOT / "benchmarks" / "plots.py", out], check=True)
+        else:
+            print("no plots: the benchmarks' virtualenv is missing (run once without --no-litellm)")
     finally:
         stop(procs, work)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
