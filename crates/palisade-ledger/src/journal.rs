@@ -1,20 +1,23 @@
-//! The journal: the one writer of a ledger, on its own thread.
+//! The journal: the one writer of a ledger.
 //!
-//! Appends arrive over a channel. The writer takes every append that is
-//! waiting, assigns sequence numbers, writes them to the write-ahead file
-//! and syncs once for the whole group (group commit); under
-//! [`Durability::Strict`] an append is answered only after that sync. Every
-//! `checkpoint_interval` the entries written since the last checkpoint go
-//! into the tiles and a new signed checkpoint, and the write-ahead file is
-//! emptied. A lock file keeps a second process from writing the same ledger.
-//! At start the write-ahead file is read back: a torn tail is cut off and
+//! An append numbers its entry and writes it to the write-ahead file on the
+//! caller's own thread, under one short lock, so that a request pays no
+//! hand-over to another thread for its record. Under
+//! [`Durability::Strict`] it then waits for the journal's thread to sync
+//! the file, once for every append waiting at that moment (group commit);
+//! under [`Durability::Relaxed`] it is answered as soon as it is written.
+//! Every `checkpoint_interval` the journal's thread closes the current
+//! segment and the entries written to it go into the tiles and a new signed
+//! checkpoint on a second thread, after which the segment is deleted. A
+//! lock file keeps a second process from writing the same ledger. At start
+//! the write-ahead segments are read back: a torn tail is cut off and
 //! entries not yet in a checkpoint are put into one.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -124,18 +127,14 @@ pub struct Recovery {
 }
 
 enum Command {
-    Append {
-        entry: Vec<u8>,
-        reply: Option<oneshot::Sender<Result<u64, JournalError>>>,
-    },
+    /// Strict durability: answer once everything written so far is synced.
+    Sync(oneshot::Sender<Result<(), JournalError>>),
     Checkpoint(oneshot::Sender<Result<Vec<u8>, JournalError>>),
     Stop,
-    /// Tests: make write-ahead writes fail (or stop failing).
-    #[cfg(test)]
-    FailWrites(bool),
 }
 
 pub struct Journal {
+    shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Command>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -233,32 +232,39 @@ impl Journal {
             .name("palisade-ledger-checkpoint".into())
             .spawn(move || Checkpointer::new(ledger, head_file).run(&batches))
             .map_err(io(dir))?;
+        let shared = Arc::new(Shared {
+            tail: Mutex::new(Tail {
+                wal,
+                wal_path,
+                next_seq: first,
+                batch: Vec::new(),
+                fault: None,
+                stopped: false,
+                #[cfg(test)]
+                fail_writes: false,
+            }),
+            durability: config.durability,
+            node: origin.clone(),
+        });
         let (tx, rx) = mpsc::channel();
-        let writer_dir = dir.to_owned();
-        let writer_origin = origin.clone();
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            dir: dir.to_owned(),
+            config,
+            to_checkpointer,
+            unsynced: None,
+        };
         let thread = std::thread::Builder::new()
             .name("palisade-ledger".into())
             .spawn(move || {
                 let _lock = lock;
-                Writer {
-                    dir: writer_dir,
-                    wal,
-                    wal_path,
-                    next_seq: first,
-                    batch: Vec::new(),
-                    config,
-                    to_checkpointer,
-                    node: writer_origin,
-                    fault: None,
-                    #[cfg(test)]
-                    fail_writes: false,
-                }
-                .run(&rx);
+                writer.run(&rx);
                 let _ = checkpointer.join();
             })
             .map_err(io(dir))?;
         Ok((
             Self {
+                shared,
                 tx: Some(tx),
                 thread: Mutex::new(Some(thread)),
                 closed: AtomicBool::new(false),
@@ -270,35 +276,61 @@ impl Journal {
         ))
     }
 
-    /// Appends an entry and waits until it is recorded (durably, under
-    /// strict durability). Returns its sequence number.
+    /// Appends an entry and waits until it is recorded: written to the
+    /// write-ahead file, and synced under strict durability. Returns its
+    /// sequence number. The write happens on the caller's thread (a short
+    /// write to the page cache under one lock); only the sync, under strict
+    /// durability, is the writer thread's, shared by every append waiting
+    /// for one (group commit).
     pub async fn append(&self, entry: Vec<u8>) -> Result<u64, JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(entry, Some(reply))?;
-        rx.await.map_err(|_| JournalError::Stopped)?
+        let seq = self.write(entry)?;
+        if self.shared.durability == Durability::Strict {
+            let (reply, rx) = oneshot::channel();
+            self.command(Command::Sync(reply))?;
+            rx.await.map_err(|_| JournalError::Stopped)??;
+        }
+        Ok(seq)
     }
 
-    /// Appends an entry without waiting for it. The entry is queued before
-    /// this returns and is written with the next group.
+    /// Appends an entry without waiting for a sync: it is written to the
+    /// write-ahead file before this returns, and synced with the next group
+    /// or checkpoint.
     pub fn submit(&self, entry: Vec<u8>) -> Result<(), JournalError> {
-        self.send(entry, None)
+        self.write(entry).map(|_| ())
     }
 
-    fn send(
-        &self,
-        entry: Vec<u8>,
-        reply: Option<oneshot::Sender<Result<u64, JournalError>>>,
-    ) -> Result<(), JournalError> {
+    fn write(&self, entry: Vec<u8>) -> Result<u64, JournalError> {
         if entry.len() > MAX_ENTRY_BYTES {
             return Err(JournalError::TooLarge(entry.len()));
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(JournalError::Stopped);
         }
+        let mut tail = self.shared.lock()?;
+        if tail.stopped {
+            return Err(JournalError::Stopped);
+        }
+        match tail.write(entry) {
+            Ok(seq) => {
+                // Under strict durability an outage ends with a sync that
+                // succeeds (the writer records it then).
+                if self.shared.durability == Durability::Relaxed {
+                    tail.record_fault_cleared(&self.shared.node);
+                }
+                Ok(seq)
+            }
+            Err(e) => {
+                tail.failed(&e, 1);
+                Err(JournalError::Write(e.to_string()))
+            }
+        }
+    }
+
+    fn command(&self, command: Command) -> Result<(), JournalError> {
         self.tx
             .as_ref()
             .ok_or(JournalError::Stopped)?
-            .send(Command::Append { entry, reply })
+            .send(command)
             .map_err(|_| JournalError::Stopped)
     }
 
@@ -306,11 +338,7 @@ impl Journal {
     /// now; returns the checkpoint.
     pub async fn checkpoint(&self) -> Result<Vec<u8>, JournalError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .as_ref()
-            .ok_or(JournalError::Stopped)?
-            .send(Command::Checkpoint(reply))
-            .map_err(|_| JournalError::Stopped)?;
+        self.command(Command::Checkpoint(reply))?;
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 
@@ -329,14 +357,14 @@ impl Journal {
     /// Tests: make write-ahead writes fail, as a full or broken disk would.
     #[cfg(test)]
     pub(crate) fn fail_writes(&self, on: bool) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Command::FailWrites(on));
+        if let Ok(mut tail) = self.shared.lock() {
+            tail.fail_writes = on;
         }
     }
 }
 
 impl Journal {
-    /// Stops the writer after it has checkpointed everything queued; later
+    /// Stops the writer after it has checkpointed everything written; later
     /// appends fail with [`JournalError::Stopped`]. Blocks until done.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -351,14 +379,14 @@ impl Journal {
 }
 
 impl Drop for Journal {
-    /// Stops the writer after it has checkpointed everything queued.
+    /// Stops the writer after it has checkpointed everything written.
     fn drop(&mut self) {
         drop(self.tx.take());
         self.close();
     }
 }
 
-/// The most appends written and synced as one group.
+/// The most commands the writer takes at once.
 const MAX_GROUP: usize = 4096;
 
 /// Write-ahead segments are named after the sequence number of their first
@@ -395,22 +423,33 @@ enum Batch {
     Stop,
 }
 
-/// Owns the write-ahead file: numbers appends, writes and syncs them in
-/// groups. Never waits on tile or checkpoint writes, which run on the
-/// checkpointer's thread.
-struct Writer {
-    dir: PathBuf,
+/// What appends and the writer share: the write-ahead file's tail.
+struct Shared {
+    tail: Mutex<Tail>,
+    durability: Durability,
+    /// The ledger's origin, for the entries the journal makes itself.
+    node: String,
+}
+
+impl Shared {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tail>, JournalError> {
+        self.tail.lock().map_err(|_| JournalError::Stopped)
+    }
+}
+
+/// The current write-ahead segment and the entries in it. Appends number
+/// and write their entries here under the lock; the writer swaps in a new
+/// segment at each checkpoint.
+struct Tail {
     wal: Wal,
     wal_path: PathBuf,
     next_seq: u64,
     /// Entries in the current segment.
     batch: Vec<Vec<u8>>,
-    config: JournalConfig,
-    to_checkpointer: mpsc::Sender<Batch>,
-    /// The ledger's origin, for the entries the writer makes itself.
-    node: String,
     /// Set while appends fail; recorded when they succeed again.
     fault: Option<Fault>,
+    /// The writer has stopped: nothing more is taken.
+    stopped: bool,
     #[cfg(test)]
     fail_writes: bool,
 }
@@ -421,6 +460,78 @@ struct Fault {
     since: std::time::SystemTime,
     started: Instant,
     failed_appends: u64,
+}
+
+impl Tail {
+    /// Numbers `entry`, writes it (not yet synced) and adds it to the
+    /// current segment's batch. Returns its number.
+    fn write(&mut self, entry: Vec<u8>) -> std::io::Result<u64> {
+        #[cfg(test)]
+        if self.fail_writes {
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        let seq = self.next_seq;
+        self.wal.write(&[(seq, &entry)])?;
+        self.next_seq += 1;
+        self.batch.push(entry);
+        Ok(seq)
+    }
+
+    /// Counts `appends` refused by `error` into the current outage.
+    fn failed(&mut self, error: &std::io::Error, appends: u64) {
+        let fault = self.fault.get_or_insert_with(|| Fault {
+            error: error.to_string(),
+            since: std::time::SystemTime::now(),
+            started: Instant::now(),
+            failed_appends: 0,
+        });
+        fault.failed_appends += appends;
+    }
+
+    /// After an outage, once appends succeed again: `ledger.fault` (when it
+    /// began, the error, how many appends were refused) and
+    /// `ledger.fault_cleared`.
+    fn record_fault_cleared(&mut self, node: &str) {
+        let Some(fault) = self.fault.take() else {
+            return;
+        };
+        let since = crate::time::timestamp(fault.since);
+        let made = [
+            crate::canonical::entry(
+                "ledger.fault",
+                node,
+                serde_json::json!({"since": since, "error": fault.error, "failed_appends": fault.failed_appends}),
+            ),
+            crate::canonical::entry(
+                "ledger.fault_cleared",
+                node,
+                serde_json::json!({"since": since, "duration_ms": fault.started.elapsed().as_millis() as u64,
+                                   "failed_appends": fault.failed_appends}),
+            ),
+        ];
+        for entry in made.into_iter().filter_map(Result::ok) {
+            if self.write(entry).is_err() {
+                // Still failing: keep the fault for the next success.
+                self.fault = Some(fault);
+                return;
+            }
+        }
+    }
+}
+
+/// The journal's thread: syncs the write-ahead file for appends that wait
+/// on it (strict durability), and at every checkpoint interval closes the
+/// current segment and hands its entries to the checkpointer. Never waits
+/// on tile or checkpoint writes, which run on the checkpointer's thread.
+/// Under relaxed durability it wakes only for checkpoints.
+struct Writer {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    config: JournalConfig,
+    to_checkpointer: mpsc::Sender<Batch>,
+    /// A closed segment whose sync failed: entries that may have been in
+    /// it are not durable, so the next sync fails too.
+    unsynced: Option<String>,
 }
 
 impl Writer {
@@ -452,51 +563,29 @@ impl Writer {
                 last_rotation = Instant::now();
             }
         }
+        if let Ok(mut tail) = self.shared.lock() {
+            tail.stopped = true;
+        }
         self.rotate(None);
         let _ = self.to_checkpointer.send(Batch::Stop);
     }
 
     /// Handles a group; `true` when it asked the writer to stop.
     fn handle(&mut self, group: Vec<Command>) -> bool {
-        let mut entries = Vec::new();
-        let mut replies = Vec::new();
+        let mut syncs = Vec::new();
         let mut checkpoints = Vec::new();
         let mut stop = false;
         for cmd in group {
             match cmd {
-                Command::Append { entry, reply } => {
-                    entries.push(entry);
-                    replies.push(reply);
-                }
+                Command::Sync(reply) => syncs.push(reply),
                 Command::Checkpoint(reply) => checkpoints.push(reply),
                 Command::Stop => stop = true,
-                #[cfg(test)]
-                Command::FailWrites(on) => self.fail_writes = on,
             }
         }
-        if !entries.is_empty() {
-            match self.append_frames(entries) {
-                Ok(first) => {
-                    self.record_fault_cleared();
-                    for (i, reply) in replies.into_iter().enumerate() {
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Ok(first + i as u64));
-                        }
-                    }
-                }
-                Err(e) => {
-                    let err = JournalError::Write(e.to_string());
-                    let fault = self.fault.get_or_insert_with(|| Fault {
-                        error: e.to_string(),
-                        since: std::time::SystemTime::now(),
-                        started: Instant::now(),
-                        failed_appends: 0,
-                    });
-                    fault.failed_appends += replies.len() as u64;
-                    for reply in replies.into_iter().flatten() {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                }
+        if !syncs.is_empty() {
+            let result = self.sync(syncs.len() as u64);
+            for reply in syncs {
+                let _ = reply.send(result.clone());
             }
         }
         for reply in checkpoints {
@@ -505,65 +594,41 @@ impl Writer {
         stop
     }
 
-    /// Numbers `entries`, writes them (synced under strict durability) and
-    /// adds them to the current segment's batch. Returns the first number.
-    fn append_frames(&mut self, entries: Vec<Vec<u8>>) -> std::io::Result<u64> {
-        let first = self.next_seq;
-        let frames: Vec<(u64, &[u8])> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (first + i as u64, e.as_slice()))
-            .collect();
-        self.write_frames(&frames)?;
-        self.next_seq += entries.len() as u64;
-        self.batch.extend(entries);
-        Ok(first)
-    }
-
-    fn write_frames(&mut self, frames: &[(u64, &[u8])]) -> std::io::Result<()> {
-        #[cfg(test)]
-        if self.fail_writes {
-            return Err(std::io::Error::other("injected write failure"));
-        }
-        self.wal.write(frames)?;
-        match self.config.durability {
-            Durability::Strict => self.wal.sync(),
-            Durability::Relaxed => Ok(()),
-        }
-    }
-
-    /// After an outage, once appends succeed again: `ledger.fault` (when it
-    /// began, the error, how many appends were refused) and
-    /// `ledger.fault_cleared`.
-    fn record_fault_cleared(&mut self) {
-        let Some(fault) = self.fault.take() else {
-            return;
+    /// Makes everything written so far durable, for `waiting` appends.
+    /// The file is synced outside the lock: appends go on meanwhile.
+    fn sync(&mut self, waiting: u64) -> Result<(), JournalError> {
+        let file = self.shared.lock()?.wal.sync_handle();
+        let result = match self.unsynced.take() {
+            Some(error) => Err(std::io::Error::other(error)),
+            None => file.sync_data(),
         };
-        let since = crate::time::timestamp(fault.since);
-        let made = [
-            crate::canonical::entry(
-                "ledger.fault",
-                &self.node,
-                serde_json::json!({"since": since, "error": fault.error, "failed_appends": fault.failed_appends}),
-            ),
-            crate::canonical::entry(
-                "ledger.fault_cleared",
-                &self.node,
-                serde_json::json!({"since": since, "duration_ms": fault.started.elapsed().as_millis() as u64,
-                                   "failed_appends": fault.failed_appends}),
-            ),
-        ];
-        let entries: Vec<Vec<u8>> = made.into_iter().filter_map(Result::ok).collect();
-        if self.append_frames(entries).is_err() {
-            // Still failing: keep the fault for the next success.
-            self.fault = Some(fault);
+        let mut tail = self.shared.lock()?;
+        match result {
+            Ok(()) => {
+                tail.record_fault_cleared(&self.shared.node);
+                Ok(())
+            }
+            Err(e) => {
+                tail.failed(&e, waiting);
+                Err(JournalError::Write(e.to_string()))
+            }
         }
     }
 
     /// Closes the current segment and hands its entries to the
     /// checkpointer. `reply` is answered with the resulting checkpoint.
     fn rotate(&mut self, reply: Option<oneshot::Sender<Result<Vec<u8>, JournalError>>>) {
-        if self.batch.is_empty() {
+        let fail = |reply: Option<oneshot::Sender<_>>, e: JournalError| {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(e));
+            }
+        };
+        let mut tail = match self.shared.lock() {
+            Ok(tail) => tail,
+            Err(e) => return fail(reply, e),
+        };
+        if tail.batch.is_empty() {
+            drop(tail);
             if let Some(reply) = reply {
                 let _ = self.to_checkpointer.send(Batch::Entries {
                     entries: Vec::new(),
@@ -573,26 +638,25 @@ impl Writer {
             }
             return;
         }
-        let fail = |reply: Option<oneshot::Sender<_>>, e: std::io::Error| {
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(JournalError::Write(e.to_string())));
-            }
-        };
-        if self.config.durability == Durability::Relaxed
-            && let Err(e) = self.wal.sync()
-        {
-            return fail(reply, e);
-        }
-        let next_path = segment_path(&self.dir, self.next_seq);
+        let next_path = segment_path(&self.dir, tail.next_seq);
         let next = match Wal::open(&next_path) {
             Ok((wal, _)) => wal,
             // Keep appending to this segment; the next rotation retries.
-            Err(e) => return fail(reply, e),
+            Err(e) => return fail(reply, JournalError::Write(e.to_string())),
         };
-        let old_path = std::mem::replace(&mut self.wal_path, next_path);
-        self.wal = next;
+        let old = std::mem::replace(&mut tail.wal, next);
+        let old_path = std::mem::replace(&mut tail.wal_path, next_path);
+        let entries = std::mem::take(&mut tail.batch);
+        drop(tail);
+        // The closed segment is durable before its entries go on: the
+        // checkpointer deletes it only once they are in a checkpoint. If
+        // the sync fails they still go on (the tiles are synced in their
+        // turn), and appends waiting for a sync are told it failed.
+        if let Err(e) = old.sync() {
+            self.unsynced = Some(e.to_string());
+        }
         let _ = self.to_checkpointer.send(Batch::Entries {
-            entries: std::mem::take(&mut self.batch),
+            entries,
             segment: Some(old_path),
             reply,
         });

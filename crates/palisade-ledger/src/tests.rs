@@ -356,33 +356,76 @@ mod journal {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_get_contiguous_sequence_numbers_and_verify() {
-        let dir = tempfile::tempdir().unwrap();
-        let (journal, recovery) = Journal::open(
-            dir.path(),
-            key("test.example/palisade/n1"),
-            config(Durability::Strict),
-        )
-        .unwrap();
-        assert_eq!(recovery, Recovery::default());
-        let journal = std::sync::Arc::new(journal);
-        let mut tasks = Vec::new();
-        for i in 0..300u64 {
-            let j = std::sync::Arc::clone(&journal);
-            tasks.push(tokio::spawn(
-                async move { j.append(entry(i)).await.unwrap() },
-            ));
+        for durability in [Durability::Strict, Durability::Relaxed] {
+            let dir = tempfile::tempdir().unwrap();
+            let (journal, recovery) = Journal::open(
+                dir.path(),
+                key("test.example/palisade/n1"),
+                config(durability),
+            )
+            .unwrap();
+            assert_eq!(recovery, Recovery::default());
+            let journal = std::sync::Arc::new(journal);
+            let mut tasks = Vec::new();
+            for i in 0..300u64 {
+                let j = std::sync::Arc::clone(&journal);
+                tasks.push(tokio::spawn(async move {
+                    (j.append(entry(i)).await.unwrap(), i)
+                }));
+            }
+            let mut seqs = Vec::new();
+            for t in tasks {
+                seqs.push(t.await.unwrap());
+            }
+            journal.submit(entry(999)).unwrap();
+            let checkpoint = journal.checkpoint().await.unwrap();
+            assert!(String::from_utf8_lossy(&checkpoint).contains("\n301\n"));
+            let verified = verify(dir.path(), journal.verifier_key()).unwrap();
+            assert_eq!(verified.head.size, 301);
+            // Every append's number is where its entry landed.
+            let recorded = crate::proof::read_entries(dir.path(), 301, 0, 301).unwrap();
+            seqs.sort_unstable();
+            assert_eq!(
+                seqs.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                (0..300).collect::<Vec<_>>(),
+                "{durability:?}"
+            );
+            for (seq, i) in seqs {
+                assert_eq!(recorded[seq as usize].1, entry(i), "{durability:?}");
+            }
         }
-        let mut seqs = Vec::new();
-        for t in tasks {
-            seqs.push(t.await.unwrap());
+    }
+
+    /// An answered append is in the write-ahead file: a process that dies
+    /// right after loses nothing, whatever the durability (strict adds the
+    /// sync that a machine crash needs).
+    #[tokio::test]
+    async fn an_answered_append_is_already_in_the_write_ahead_file() {
+        for durability in [Durability::Strict, Durability::Relaxed] {
+            let dir = tempfile::tempdir().unwrap();
+            let (journal, _) = Journal::open(
+                dir.path(),
+                key("test.example/palisade/n1"),
+                JournalConfig {
+                    durability,
+                    checkpoint_interval: Duration::from_secs(3600),
+                    head_file: None,
+                },
+            )
+            .unwrap();
+            for i in 0..5 {
+                assert_eq!(journal.append(entry(i)).await.unwrap(), i);
+            }
+            journal.submit(entry(5)).unwrap();
+            // Read the segment as recovery would, with the journal still
+            // open and its thread asleep until the next checkpoint.
+            let (_, recovered) = Wal::open(&crate::journal::segment_path(dir.path(), 0)).unwrap();
+            assert_eq!(
+                recovered.frames,
+                (0..6).map(|i| (i, entry(i))).collect::<Vec<_>>(),
+                "{durability:?}"
+            );
         }
-        seqs.sort_unstable();
-        assert_eq!(seqs, (0..300).collect::<Vec<_>>());
-        journal.submit(entry(999)).unwrap();
-        let checkpoint = journal.checkpoint().await.unwrap();
-        assert!(String::from_utf8_lossy(&checkpoint).contains("\n301\n"));
-        let verified = verify(dir.path(), journal.verifier_key()).unwrap();
-        assert_eq!(verified.head.size, 301);
     }
 
     #[tokio::test]
@@ -583,10 +626,20 @@ fn earlier_checkpoints_must_be_prefixes_of_the_current_log() {
 
 #[tokio::test]
 async fn an_outage_refuses_appends_and_is_recorded_when_it_ends() {
+    for durability in [Durability::Strict, Durability::Relaxed] {
+        outage_is_recorded(durability).await;
+    }
+}
+
+async fn outage_is_recorded(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
     let k = key("test.example/palisade/n1");
     let vkey = k.verifier_key().to_owned();
-    let (journal, _) = Journal::open(dir.path(), k, JournalConfig::default()).unwrap();
+    let config = JournalConfig {
+        durability,
+        ..JournalConfig::default()
+    };
+    let (journal, _) = Journal::open(dir.path(), k, config).unwrap();
     assert_eq!(journal.append(entry(0)).await.unwrap(), 0);
     journal.fail_writes(true);
     for i in 1..4 {

@@ -10,13 +10,16 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 const HEADER: usize = 16;
 
 pub struct Wal {
-    file: File,
+    /// Shared with [`Wal::sync_handle`], so that a sync need not hold
+    /// whatever guards the writes.
+    file: Arc<File>,
     len: u64,
 }
 
@@ -74,7 +77,7 @@ impl Wal {
         file.seek(SeekFrom::Start(at as u64))?;
         Ok((
             Self {
-                file,
+                file: Arc::new(file),
                 len: at as u64,
             },
             recovered,
@@ -90,10 +93,11 @@ impl Wal {
             buf.extend_from_slice(&check(*seq, entry).to_le_bytes());
             buf.extend_from_slice(entry);
         }
-        if let Err(e) = self.file.write_all(&buf) {
+        let mut file = &*self.file;
+        if let Err(e) = file.write_all(&buf) {
             // Leave no partial frame behind for the next write to follow.
-            let _ = self.file.set_len(self.len);
-            let _ = self.file.seek(SeekFrom::Start(self.len));
+            let _ = file.set_len(self.len);
+            let _ = file.seek(SeekFrom::Start(self.len));
             return Err(e);
         }
         self.len += buf.len() as u64;
@@ -101,15 +105,22 @@ impl Wal {
     }
 
     /// Makes everything written durable.
-    pub fn sync(&mut self) -> std::io::Result<()> {
+    pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// The file, to make what was written before the call durable
+    /// (`sync_data`) while writes go on.
+    pub fn sync_handle(&self) -> Arc<File> {
+        Arc::clone(&self.file)
     }
 
     /// Empties the file once a checkpoint covers all of it.
     pub fn reset(&mut self) -> std::io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.sync_all()?;
+        let mut file = &*self.file;
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        file.sync_all()?;
         self.len = 0;
         Ok(())
     }
