@@ -133,9 +133,10 @@ def prepare(args, prefix):
     return work, [mock], wait_file(mock_ready, mock)["addr"]
 
 
-def start_gateway(work, name, mock_addr, durability, extra, procs, log_level="info"):
+def start_gateway(work, name, mock_addr, durability, extra, procs, log_level="info", wrap=(), binary=BIN):
     """A gateway in work/name in front of the mock, with `extra` config
-    appended and a key for tenant `bench`. Returns (process, proxy address,
+    appended and a key for tenant `bench`, run by `binary` under the
+    command `wrap` (a profiler) if given. Returns (process, proxy address,
     key)."""
     d = work / name
     d.mkdir()
@@ -165,13 +166,14 @@ base_url = "http://{mock_addr}/v1"
 name = "bench"
 provider = "mock"
 {extra}""")
-    created = subprocess.run([BIN, "keys", "create", "--config", cfg, "--tenant", "bench", "--app", "wrk",
+    created = subprocess.run([binary, "keys", "create", "--config", cfg, "--tenant", "bench", "--app", "wrk",
                               "--env", "bench", "--json"], check=True, capture_output=True, text=True).stdout
     key = json.loads(created)["key"]
     ready = d / "ready.json"
-    gw = subprocess.Popen([BIN, "serve", "--config", cfg, "--ready-file", ready], stderr=open(d / "gateway.log", "w"))
+    gw = subprocess.Popen([*wrap, binary, "serve", "--config", cfg, "--ready-file", ready],
+                          stderr=open(d / "gateway.log", "w"))
     procs.append(gw)
-    return gw, wait_file(ready, gw)["proxy"], key
+    return gw, wait_file(ready, gw, timeout=120 if wrap else 30)["proxy"], key
 
 
 def stop(procs, work):

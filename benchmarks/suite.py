@@ -30,8 +30,9 @@ direct, the gateway's CPU time per request and its RSS (summed over a
 process and its children, for LiteLLM's workers), the latency distribution,
 and the ratios Palisade / LiteLLM. Then streams: the
 time to the first event, direct and through the minimal gateway, one at a
-time over one connection; and the minimal gateway's RSS with 2,000 streams
-open through it at once (100 in smoke mode). Writes
+time over one connection; and the RSS of a fresh minimal gateway (idle
+during the load runs) with 2,000 streams open through it at once (100 in
+smoke mode). Writes
 benchmarks/results/suite.json and, beside it, latency-cdf.png and
 throughput.png (plots.py). Needs wrk (Debian's package; installed here when
 missing and running as root) and PyPI for the virtualenv (`--no-litellm`
@@ -171,7 +172,7 @@ def open_streams(gw, addr, key, n):
         for w in writers:
             w.close()
         return {"streams": n, "rss_before_mib": before / 1024, "rss_with_streams_mib": held / 1024,
-                "seconds_to_open": took}
+                "kib_per_stream": (held - before) / n, "seconds_to_open": took}
 
     return asyncio.run(run())
 
@@ -254,6 +255,11 @@ def main():
                 if server is not None:
                     servers[(lat, name)] = server
                     keys[(lat, name)] = key
+        # A gateway of its own for the open streams, idle until then, so
+        # that its RSS holds the streams and not what the load runs left in
+        # the allocator.
+        gw_streams, streams_addr, streams_key = start_gateway(work, "streams", mock_addr_first(targets, sweep), "relaxed",
+                                                              "", procs)
         # Warm every path.
         for url, script, _ in targets.values():
             run_wrk(url, script, 4, 1)
@@ -289,16 +295,16 @@ def main():
         # Streams: time to the first event, one at a time over one
         # connection; then many open at once.
         lat0 = next(iter(sweep))
-        mock_addr0 = targets[(lat0, "direct")][0].split("/")[2]
+        mock_addr0 = mock_addr_first(targets, sweep)
         min_addr = targets[(lat0, "minimal")][0].split("/")[2]
-        gw_min, min_key = servers[(lat0, "minimal")], keys[(lat0, "minimal")]
+        min_key = keys[(lat0, "minimal")]
         n = 50 if args.smoke else 500
         first_event = {}
         for name, addr in (("direct", mock_addr0), ("minimal", min_addr)):
             t = ttfb(addr, min_key, n)
             first_event[name] = {"p50": statistics.median(t), "p99": t[int(len(t) * 0.99) - 1]}
         first_event["added_ms"] = {k: first_event["minimal"][k] - first_event["direct"][k] for k in ("p50", "p99")}
-        streams = open_streams(gw_min, min_addr, min_key, 100 if args.smoke else 2000)
+        streams = open_streams(gw_streams, streams_addr, streams_key, 100 if args.smoke else 2000)
 
         report = {
             "date": time.strftime("%Y-%m-%d"),
@@ -338,9 +344,9 @@ def main():
         print(f"stream time to first event ({n} sequential): direct p50 {fe['direct']['p50']:.3f} ms, "
               f"minimal p50 {fe['minimal']['p50']:.3f} ms p99 {fe['minimal']['p99']:.3f} ms; "
               f"added p50 {fe['added_ms']['p50'] * 1000:.0f} µs, p99 {fe['added_ms']['p99'] * 1000:.0f} µs")
-        print(f"{streams['streams']} streams open at once through the minimal gateway: RSS "
-              f"{streams['rss_before_mib']:.1f} -> {streams['rss_with_streams_mib']:.1f} MiB "
-              f"(opened in {streams['seconds_to_open']:.1f} s)")
+        print(f"{streams['streams']} streams open at once through a fresh minimal gateway: RSS "
+              f"{streams['rss_before_mib']:.1f} -> {streams['rss_with_streams_mib']:.1f} MiB, "
+              f"{streams['kib_per_stream']:.1f} KiB per stream (opened in {streams['seconds_to_open']:.1f} s)")
         plot_with = venv_python or (peers.VENV / "bin" / "python")
         if Path(plot_with).exists():
             subprocess.run([plot_with, ROOT / "benchmarks" / "plots.py", out], check=True)
@@ -348,6 +354,11 @@ def main():
             print("no plots: the benchmarks' virtualenv is missing (run once without --no-litellm)")
     finally:
         stop(procs, work)
+
+
+def mock_addr_first(targets, sweep):
+    """The address of the mock that answers at once."""
+    return targets[(next(iter(sweep)), "direct")][0].split("/")[2]
 
 
 def free_port():
