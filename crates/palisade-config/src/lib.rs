@@ -331,6 +331,18 @@ pub struct ServerConfig {
     pub admin_tls: Option<TlsConfig>,
     /// Refuse to start unless the admin listener has TLS.
     pub require_admin_tls: bool,
+    /// Connection threads: each connection is served start to end on one
+    /// of them. Unset: one per available core.
+    pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// How many connection threads to run.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 /// Inbound TLS: PEM files, read at start-up and again on SIGHUP.
@@ -357,6 +369,7 @@ impl Default for ServerConfig {
             tls: None,
             admin_tls: None,
             require_admin_tls: false,
+            workers: None,
         }
     }
 }
@@ -945,6 +958,14 @@ fn validate(config: &Config, problems: &mut Vec<Problem>) {
         push(
             "server.max_body_bytes".into(),
             "must be greater than 0".into(),
+        );
+    }
+    if let Some(n) = server.workers
+        && !(1..=1024).contains(&n)
+    {
+        push(
+            "server.workers".into(),
+            format!("{n} is not between 1 and 1024"),
         );
     }
     if server.listen == server.admin_listen && server.listen.port() != 0 {

@@ -470,3 +470,27 @@ max_soc2_age_months = 0
         "{unknown}"
     );
 }
+
+#[test]
+fn connection_threads_default_to_the_cores_and_are_checked() {
+    let c = Config::from_toml("t", SMALL, no_env()).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(c.server.workers(), cores);
+    let c = Config::from_toml(
+        "t",
+        &SMALL.replace("[server]\n", "[server]\nworkers = 3\n"),
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(c.server.workers(), 3);
+    for bad in ["0", "5000"] {
+        let err = Config::from_toml(
+            "t",
+            &SMALL.replace("[server]\n", &format!("[server]\nworkers = {bad}\n")),
+            no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(paths(&err), ["server.workers"], "{bad}");
+        assert!(err.problems[0].message.contains(bad));
+    }
+}

@@ -27,7 +27,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use palisade_config::Config;
 use palisade_dialect::{Dialect, Endpoint};
 use palisade_store::Store;
@@ -251,16 +250,21 @@ impl Application {
     ) -> std::io::Result<()> {
         let grace = self.state.config().server.shutdown_grace;
         let token = tokio_util::sync::CancellationToken::new();
-        let proxy = listen(
+        let workers = Arc::new(crate::listener::Workers::start(
+            self.state.config().server.workers(),
+        )?);
+        let proxy = crate::listener::serve(
             self.proxy,
             self.proxy_tls,
             proxy_router(self.state.clone()),
+            Arc::clone(&workers),
             token.clone(),
         );
-        let admin = listen(
+        let admin = crate::listener::serve(
             self.admin,
             self.admin_tls,
             admin_router(self.state.clone()),
+            Arc::clone(&workers),
             token.clone(),
         );
         // The accept loops run as tasks on the runtime's workers, not on the
@@ -304,6 +308,11 @@ impl Application {
         let _ = indexer.await;
         let _ = housekeeping.await;
         let _ = health.await;
+        // Connections still open after the grace period end here; their
+        // exchanges are recorded before the journal closes.
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+        }
         // Everything queued goes into a final checkpoint.
         let journal = Arc::clone(self.state.audit().journal());
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
@@ -430,29 +439,6 @@ async fn housekeeping(state: AppState, stop: tokio_util::sync::CancellationToken
     }
     if let Err(e) = state.auth().flush_use().await {
         tracing::warn!(target: "palisade::auth", error = %e, "key last-use times not written");
-    }
-}
-
-/// Serves `router` on `listener`, over TLS when configured, until `stop`;
-/// then open connections finish their requests.
-async fn listen(
-    listener: TcpListener,
-    tls: Option<Arc<TlsListener>>,
-    router: Router,
-    stop: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    match tls {
-        Some(tls) => crate::tls::serve(listener, tls, router, stop).await,
-        None => {
-            axum::serve(
-                listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 mod health;
 mod ledger_http;
 pub mod limits;
+pub mod listener;
 pub mod manage;
 pub mod metrics;
 pub mod protection;

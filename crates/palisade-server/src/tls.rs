@@ -4,25 +4,14 @@
 //! configuration in force when it starts; established connections keep
 //! theirs.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use palisade_config::TlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -72,7 +61,7 @@ impl TlsListener {
         &self.files
     }
 
-    fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+    pub(crate) fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
         let config = self.current.read().ok()?;
         Some(tokio_rustls::TlsAcceptor::from(Arc::clone(&config)))
     }
@@ -154,70 +143,4 @@ pub fn fingerprint_file(path: &Path) -> Result<String, TlsError> {
         })?
         .map_err(read_err(path))?;
     Ok(fingerprint(&cert))
-}
-
-/// How long a client has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `router` over TLS until `stop`, then lets open connections finish
-/// their requests (the caller bounds how long).
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<TlsListener>,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                // Out of descriptors and the like: back off, keep serving.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let Some(acceptor) = tls.acceptor() else {
-            continue;
-        };
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let cert = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| ClientCert(fingerprint(c)));
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                if let Some(cert) = &cert {
-                    req.extensions_mut().insert(cert.clone());
-                }
-                let router = router.clone();
-                async move {
-                    Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {}))
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
-    }
-    graceful.shutdown().await;
-    Ok(())
 }
