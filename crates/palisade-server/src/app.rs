@@ -309,9 +309,20 @@ impl Application {
         let _ = housekeeping.await;
         let _ = health.await;
         // Connections still open after the grace period end here; their
-        // exchanges are recorded before the journal closes.
-        if let Ok(workers) = Arc::try_unwrap(workers) {
-            let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+        // exchanges are recorded before the journal closes. The aborted
+        // accept loops let go of the threads as their tasks are dropped.
+        let mut workers = workers;
+        for _ in 0..200 {
+            match Arc::try_unwrap(workers) {
+                Ok(owned) => {
+                    let _ = tokio::task::spawn_blocking(move || owned.stop()).await;
+                    break;
+                }
+                Err(shared) => {
+                    workers = shared;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
         }
         // Everything queued goes into a final checkpoint.
         let journal = Arc::clone(self.state.audit().journal());

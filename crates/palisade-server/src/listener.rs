@@ -228,6 +228,27 @@ mod tests {
         }
     }
 
+    type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+    /// Serves `router` on a free port with `threads` connection threads.
+    async fn start(
+        router: Router,
+        threads: usize,
+    ) -> (SocketAddr, Arc<Workers>, CancellationToken, Server) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let workers = Arc::new(Workers::start(threads).unwrap());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            router,
+            Arc::clone(&workers),
+            stop.clone(),
+        ));
+        (addr, workers, stop, server)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_connection_stays_on_one_connection_thread_and_they_take_turns() {
         let router = Router::new().route(
@@ -237,17 +258,7 @@ mod tests {
                 format!("{name} {}", peer.ip())
             }),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let workers = Arc::new(Workers::start(2).unwrap());
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            router,
-            Arc::clone(&workers),
-            stop.clone(),
-        ));
+        let (addr, workers, stop, server) = start(router, 2).await;
 
         let mut seen = Vec::new();
         for _ in 0..4 {
@@ -293,17 +304,7 @@ mod tests {
             "/thread",
             axum::routing::get(std::future::pending::<&'static str>),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let workers = Arc::new(Workers::start(1).unwrap());
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            router,
-            Arc::clone(&workers),
-            stop.clone(),
-        ));
+        let (addr, workers, stop, server) = start(router, 1).await;
         let mut conn = TcpStream::connect(addr).await.unwrap();
         conn.write_all(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
             .await

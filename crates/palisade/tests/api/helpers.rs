@@ -331,22 +331,7 @@ impl TestApp {
     /// Checkpoints the ledger and returns every entry in it, parsed.
     pub async fn ledger_entries(&self) -> Vec<Value> {
         self.journal.checkpoint().await.unwrap();
-        let dir = self.journal.dir();
-        let verified = palisade_ledger::verify(dir, self.journal.verifier_key()).unwrap();
-        let size = verified.head.size;
-        let mut out = Vec::new();
-        for b in 0..size.div_ceil(256) {
-            let width = (size - b * 256).min(256);
-            let data = palisade_ledger::layout::read_tile(dir, None, b, width, None).unwrap();
-            for e in palisade_ledger::layout::decode_bundle(&data)
-                .unwrap()
-                .into_iter()
-                .take(width as usize)
-            {
-                out.push(serde_json::from_slice(e).unwrap());
-            }
-        }
-        out
+        checkpointed_entries(self.journal.dir(), self.journal.verifier_key())
     }
 
     pub async fn metrics(&self) -> String {
@@ -412,4 +397,23 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Every entry of the verified ledger in `dir`, up to its last checkpoint.
+pub fn checkpointed_entries(dir: &std::path::Path, verifier_key: &str) -> Vec<Value> {
+    let verified = palisade_ledger::verify(dir, verifier_key).unwrap();
+    let size = verified.head.size;
+    let mut out = Vec::new();
+    for b in 0..size.div_ceil(256) {
+        let width = (size - b * 256).min(256);
+        let data = palisade_ledger::layout::read_tile(dir, None, b, width, None).unwrap();
+        for e in palisade_ledger::layout::decode_bundle(&data)
+            .unwrap()
+            .into_iter()
+            .take(width as usize)
+        {
+            out.push(serde_json::from_slice(e).unwrap());
+        }
+    }
+    out
 }

@@ -58,8 +58,24 @@ async fn shutdown_gives_up_after_the_grace_period() {
         )
         .await;
     let _body = resp.into_body();
+    let (dir, vkey) = (
+        app.journal.dir().to_owned(),
+        app.journal.verifier_key().to_owned(),
+    );
     let started = std::time::Instant::now();
     app.shutdown().await.unwrap();
     // A 100-second stream did not hold shutdown beyond the grace period.
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The stream was ended, and its end recorded, before the ledger
+    // closed.
+    let entries = checkpointed_entries(&dir, &vkey);
+    let received = entries
+        .iter()
+        .find(|e| e["kind"] == "request.received")
+        .expect("the request is on record");
+    let completed = entries
+        .iter()
+        .find(|e| e["kind"] == "request.completed")
+        .expect("its end is on record");
+    assert_eq!(completed["request_id"], received["request_id"]);
 }
