@@ -138,41 +138,51 @@ pub async fn serve(
         let router = router.clone();
         let watcher = graceful.watcher();
         let builder = builder.clone();
-        workers.spawn(async move {
-            let tcp = match TcpStream::from_std(tcp) {
-                Ok(tcp) => tcp,
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "cannot register the connection");
+        // Two task shapes, so that a plain connection's task is not sized
+        // for a TLS session it does not have.
+        match acceptor {
+            None => workers.spawn(async move {
+                let Some(tcp) = register(tcp, peer) else {
                     return;
-                }
-            };
-            let Some(acceptor) = acceptor else {
+                };
                 let service = service(router, peer, None);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                 let _ = watcher.watch(conn.into_owned()).await;
-                return;
-            };
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            }),
+            Some(acceptor) => workers.spawn(async move {
+                let Some(tcp) = register(tcp, peer) else {
                     return;
-                }
-                Err(_) => return,
-            };
-            let cert = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| ClientCert(fingerprint(c)));
-            let service = service(router, peer, cert);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
+                };
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| ClientCert(fingerprint(c)));
+                let service = service(router, peer, cert);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }),
+        }
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The accepted socket on the current connection thread's reactor.
+fn register(tcp: std::net::TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    TcpStream::from_std(tcp)
+        .inspect_err(|e| tracing::warn!(%peer, error = %e, "cannot register the connection"))
+        .ok()
 }
 
 /// The router for one connection, with the peer's address (and client
