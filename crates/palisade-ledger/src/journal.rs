@@ -250,7 +250,7 @@ impl Journal {
         let writer = Writer {
             shared: Arc::clone(&shared),
             dir: dir.to_owned(),
-            config,
+            checkpoint_interval: config.checkpoint_interval,
             to_checkpointer,
             unsynced: None,
         };
@@ -527,7 +527,7 @@ impl Tail {
 struct Writer {
     shared: Arc<Shared>,
     dir: PathBuf,
-    config: JournalConfig,
+    checkpoint_interval: Duration,
     to_checkpointer: mpsc::Sender<Batch>,
     /// A closed segment whose sync failed: entries that may have been in
     /// it are not durable, so the next sync fails too.
@@ -539,7 +539,6 @@ impl Writer {
         let mut last_rotation = Instant::now();
         loop {
             let wait = self
-                .config
                 .checkpoint_interval
                 .saturating_sub(last_rotation.elapsed());
             match rx.recv_timeout(wait) {
@@ -558,7 +557,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if last_rotation.elapsed() >= self.config.checkpoint_interval {
+            if last_rotation.elapsed() >= self.checkpoint_interval {
                 self.rotate(None);
                 last_rotation = Instant::now();
             }
