@@ -20,8 +20,17 @@
 //! fields from its own ledger ([`RedisLimits::sync_budgets`]), so a
 //! gateway that crashed with reservations in flight does not leave them
 //! charged, and a gateway that restarts does not count twice.
+//!
+//! Each thread talks to Redis over a connection of its own, made the first
+//! time the thread needs one: a connection thread's admission then never
+//! wakes another thread to read Redis's answer. A connection that broke
+//! while Redis was away is mended on its next use, and the command is sent
+//! once more on the new connection (see [`RedisLimits::run`]), so threads
+//! that come back to Redis one after another agree that it answers.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use palisade_config::LimitsConfig;
@@ -179,6 +188,13 @@ fn ttl(period: &Period) -> u64 {
     }
 }
 
+/// Whether a command failed because its connection is gone (and the
+/// connection manager is making a new one), rather than by Redis's answer
+/// or a timeout.
+fn is_broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
 /// Why Redis did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
@@ -202,7 +218,13 @@ pub struct SharedAdmission {
 }
 
 pub struct RedisLimits {
-    conn: ConnectionManager,
+    client: redis::Client,
+    manager: redis::aio::ConnectionManagerConfig,
+    /// Names this instance's connections among a thread's.
+    id: u64,
+    /// Alive as long as this instance: a thread forgets the connections
+    /// of instances that are gone.
+    alive: Arc<()>,
     prefix: String,
     timeout: Duration,
     admit: redis::Script,
@@ -235,9 +257,12 @@ impl RedisLimits {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)?;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Ok(Arc::new(Self {
-            conn,
+            client,
+            manager,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
             prefix: config.redis_prefix.clone(),
             timeout: config.redis_timeout,
             admit: redis::Script::new(ADMIT),
@@ -265,11 +290,45 @@ impl RedisLimits {
         format!("{}:budget-index:{node}", self.prefix)
     }
 
-    async fn bounded<T>(
-        &self,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, SharedError> {
-        match tokio::time::timeout(self.timeout, f).await {
+    /// This thread's connection, made (lazily: dialled on first use, on
+    /// this thread's runtime) the first time the thread asks.
+    fn conn(&self) -> Result<ConnectionManager, SharedError> {
+        type Held = Vec<(u64, Weak<()>, ConnectionManager)>;
+        thread_local! {
+            static CONNS: RefCell<Held> = const { RefCell::new(Vec::new()) };
+        }
+        CONNS.with_borrow_mut(|conns| {
+            if let Some((_, _, c)) = conns.iter().find(|(id, _, _)| *id == self.id) {
+                return Ok(c.clone());
+            }
+            conns.retain(|(_, alive, _)| alive.strong_count() > 0);
+            let c =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone())?;
+            conns.push((self.id, Arc::downgrade(&self.alive), c.clone()));
+            Ok(c)
+        })
+    }
+
+    /// Runs `f` on this thread's connection within the timeout. If the
+    /// connection had broken (Redis went away since this thread last used
+    /// it), `f` runs once more on the connection made in its place: one
+    /// thread's stale connection must not say Redis is down while the
+    /// others find it up. A command cut off as its connection dropped may
+    /// have run before; running it again can only over-count, never let
+    /// more through.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, SharedError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn()?;
+        let attempts = async {
+            match f(conn.clone()).await {
+                Err(e) if is_broken(&e) => f(conn).await,
+                r => r,
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempts).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(SharedError::Timeout(self.timeout)),
         }
@@ -277,8 +336,7 @@ impl RedisLimits {
 
     /// Whether Redis answers.
     pub async fn ping(&self) -> Result<(), SharedError> {
-        let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
             .map(drop)
     }
@@ -354,8 +412,10 @@ impl RedisLimits {
                 .arg(or_none(l.monthly_cost.map(nanos)))
                 .arg(MONTH_TTL.as_millis() as u64);
         }
-        let mut conn = self.conn.clone();
-        let out: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let inv = &inv;
+        let out: Vec<i64> = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         let n = |v: i64| u32::try_from(v).unwrap_or(0);
         let status = |limit: i64, left: i64, reset: i64| {
@@ -441,8 +501,8 @@ impl RedisLimits {
         for (k, tpm) in keys {
             inv.key(k).arg(*tpm);
         }
-        let mut conn = self.conn.clone();
-        self.bounded(inv.invoke_async::<i64>(&mut conn))
+        let inv = &inv;
+        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
             .await
             .map(drop)
     }
@@ -456,8 +516,9 @@ impl RedisLimits {
         for k in slots {
             pipe.zrem(k, member).ignore();
         }
-        let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        let pipe = &pipe;
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
     }
 
     /// Adds `delta` to this gateway's share of the budget periods `keys`
@@ -479,8 +540,9 @@ impl RedisLimits {
             pipe.pexpire(k, *ttl as i64).ignore();
             pipe.sadd(&index, k).ignore();
         }
-        let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        let pipe = &pipe;
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
     }
 
     /// The Redis key of each budget period, with how long it is kept.
@@ -507,8 +569,8 @@ impl RedisLimits {
                 .arg(nanos(s.cost).max(0))
                 .arg(ttl(&k.2));
         }
-        let mut conn = self.conn.clone();
-        self.bounded(inv.invoke_async::<i64>(&mut conn))
+        let inv = &inv;
+        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
             .await
             .map(drop)
     }
@@ -516,13 +578,10 @@ impl RedisLimits {
     /// This gateway's and every gateway's spending in the budget period
     /// `key`, as Redis has it: (tokens, cost).
     pub async fn budget_spent(&self, key: &BudgetKey) -> Result<(i64, f64), SharedError> {
-        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("HGETALL").arg(self.budget_key(key)).to_owned();
+        let cmd = &cmd;
         let fields: Vec<(String, i64)> = self
-            .bounded(
-                redis::cmd("HGETALL")
-                    .arg(self.budget_key(key))
-                    .query_async(&mut conn),
-            )
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
             .await?;
         let (mut t, mut c) = (0i64, 0i64);
         for (f, v) in fields {

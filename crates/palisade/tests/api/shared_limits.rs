@@ -356,6 +356,69 @@ async fn an_outage_is_refused_when_closed_and_each_switch_is_recorded() {
     }
 }
 
+/// `n` chat requests at once: the client opens a connection for each, so
+/// they land on different connection threads.
+async fn chats_at_once(app: &TestApp, n: usize) -> Vec<u16> {
+    let all = (0..n).map(|_| chat(app, CHAT, &[]));
+    futures_util::future::join_all(all)
+        .await
+        .iter()
+        .map(|r| r.status.as_u16())
+        .collect()
+}
+
+/// Every connection thread talks to Redis over a connection of its own.
+/// After an outage, the threads find Redis again one after another; the
+/// record still shows one outage and one recovery, and no request is
+/// refused once Redis answers.
+#[tokio::test]
+async fn a_recovery_found_by_many_connection_threads_is_one_switch() {
+    let Some(url) = redis_url("a_recovery_found_by_many_connection_threads_is_one_switch") else {
+        return;
+    };
+    let relay = Relay::start(0, redis_addr(&url)).await;
+    let via = format!("redis://127.0.0.1:{}/0", relay.port);
+    let limits = LimitConfig {
+        rpm: Some(10_000),
+        ..LimitConfig::default()
+    };
+    let backend = shared(&via, &fresh_prefix(), OnUnavailable::Closed);
+    let app = spawn_with(MockOptions::default(), move |c: &mut Config| {
+        c.server.workers = Some(4);
+        c.limits = backend;
+        c.tenants = vec![acme(limits)];
+    })
+    .await;
+    // Every thread has its connection to Redis.
+    for _ in 0..3 {
+        assert_eq!(chats_at_once(&app, 8).await, [200; 8]);
+    }
+
+    let port = relay.cut();
+    for _ in 0..2 {
+        assert_eq!(chats_at_once(&app, 8).await, [503; 8]);
+    }
+    // An outage longer than the connections' own reconnection attempts
+    // (at most 200 ms apart): every thread is left with a failed one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let _relay = Relay::start(port, redis_addr(&url)).await;
+    eventually(200, || chat(&app, CHAT, &[])).await;
+    for round in 0..4 {
+        assert_eq!(chats_at_once(&app, 8).await, [200; 8], "round {round}");
+    }
+    assert_eq!(
+        kinds(&app.ledger_entries().await, "limits."),
+        ["limits.backend_unavailable", "limits.backend_available"],
+        "one entry per switch, however many threads saw it"
+    );
+    let m = app.metrics().await;
+    for outcome in ["unavailable", "available"] {
+        let name = format!(r#"palisade_limits_backend_switches_total{{outcome="{outcome}"}}"#);
+        assert_eq!(metric(&m, &name), Some(1.0), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_counts_in_process_when_open() {
     // Nothing listens on this port: no Redis is needed for this test.
