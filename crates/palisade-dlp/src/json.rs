@@ -308,9 +308,18 @@ impl Parser<'_, '_> {
     fn string(&mut self, skip: bool) -> Result<(), JsonError> {
         let (start, end) = self.string_token()?;
         // Decoded even when skipped: invalid escapes or UTF-8 are refused
-        // wherever they are.
-        let decoded: String =
-            serde_json::from_slice(&self.s[start..end]).map_err(|_| JsonError::Syntax(start))?;
+        // wherever they are. A string without escapes is its own bytes,
+        // borrowed once they are checked (UTF-8, no control characters).
+        let raw = &self.s[start + 1..end - 1];
+        let plain = (memchr::memchr(b'\\', raw).is_none() && raw.iter().all(|&b| b >= 0x20))
+            .then(|| std::str::from_utf8(raw).ok())
+            .flatten();
+        let decoded: std::borrow::Cow<'_, str> = match plain {
+            Some(s) => s.into(),
+            None => serde_json::from_slice::<String>(&self.s[start..end])
+                .map_err(|_| JsonError::Syntax(start))?
+                .into(),
+        };
         if skip {
             return Ok(());
         }
@@ -393,6 +402,41 @@ mod tests {
             rewrite_strings(b"[\"\xff\"]", 8, &structural, &mut |_| None),
             Err(JsonError::Syntax(_))
         ));
+    }
+
+    /// Strings without escapes are handed over as their own bytes; they
+    /// must be exactly what a full decode gives, and be refused where a
+    /// full decode refuses them.
+    #[test]
+    fn plain_strings_are_checked_like_decoded_ones() {
+        let seen = |body: &[u8]| {
+            let mut out = Vec::new();
+            rewrite_strings(body, 8, &structural, &mut |s| {
+                out.push(s.to_owned());
+                None
+            })
+            .map(|_| out)
+        };
+        let body = "[\"plain ascii\",\"caf\u{e9} \u{1F600}\",\"\",\"tab\\there\",\"\u{7f}\"]";
+        let want: Vec<String> = serde_json::from_str(body).unwrap();
+        assert_eq!(seen(body.as_bytes()).unwrap(), want);
+        for bad in [
+            &b"[\"raw\ttab\"]"[..],
+            b"[\"raw\nline\"]",
+            b"[\"nul\x00\"]",
+            b"[\"\xc3\"]",
+            b"[\"\xed\xa0\x80\"]",
+            b"[\"ok\",\"\xff\xfe\"]",
+        ] {
+            assert!(
+                serde_json::from_slice::<Vec<String>>(bad).is_err(),
+                "{bad:?} is refused by serde_json"
+            );
+            assert!(
+                matches!(seen(bad), Err(JsonError::Syntax(_))),
+                "{bad:?} must be refused"
+            );
+        }
     }
 
     #[test]
