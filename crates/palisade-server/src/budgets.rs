@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use palisade_config::LimitConfig;
 
-use crate::limits::Level;
+use crate::limits::{Level, Name};
 
 /// Day (`2026-11-23`) or month (`2026-11`), UTC.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Period {
-    Day(String),
-    Month(String),
+    Day(Name),
+    Month(Name),
 }
 
 impl Period {
@@ -41,18 +41,22 @@ impl Period {
 
 /// The current day and month, from Unix seconds; worked out once a day
 /// per thread.
-pub fn periods(now: i64) -> (String, String) {
+pub fn periods(now: i64) -> (Name, Name) {
     thread_local! {
-        static LAST: std::cell::RefCell<(i64, String, String)> =
-            const { std::cell::RefCell::new((i64::MIN, String::new(), String::new())) };
+        static LAST: std::cell::RefCell<Option<(i64, Name, Name)>> =
+            const { std::cell::RefCell::new(None) };
     }
     let day = now.div_euclid(86_400);
     LAST.with_borrow_mut(|last| {
-        if last.0 != day {
-            let date = palisade_config::format_date(day);
-            *last = (day, date.clone(), date[..7].to_owned());
-        }
-        (last.1.clone(), last.2.clone())
+        let (_, d, m) = match last {
+            Some(l) if l.0 == day => l,
+            _ => {
+                let date = palisade_config::format_date(day);
+                let month = Name::from(&date[..7]);
+                last.insert((day, Name::from(date), month))
+            }
+        };
+        (Name::clone(d), Name::clone(m))
     })
 }
 
@@ -64,13 +68,13 @@ pub struct Spent {
 }
 
 /// One budget: whose, and for which period.
-pub type BudgetKey = (Level, String, Period);
+pub type BudgetKey = (Level, Name, Period);
 
 /// One budget that applies to a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Budget {
     pub level: Level,
-    pub who: String,
+    pub who: Name,
     pub limits: LimitConfig,
 }
 
@@ -133,11 +137,13 @@ impl Exceeded {
 /// How many budget periods are remembered before past ones are dropped.
 const MAX_TRACKED: usize = 50_000;
 
+type Spending = HashMap<BudgetKey, Spent, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub struct Budgets {
-    spent: Mutex<HashMap<BudgetKey, Spent>>,
+    spent: Mutex<Spending>,
     /// Changes counted here that the shared budgets do not have yet.
-    pending: Mutex<HashMap<BudgetKey, Spent>>,
+    pending: Mutex<Spending>,
     has_pending: AtomicBool,
 }
 
@@ -145,22 +151,26 @@ pub struct Budgets {
 /// is set, for the day and the month.
 pub fn keys_for<'a>(
     budgets: impl Iterator<Item = &'a Budget>,
-    (day, month): (&str, &str),
+    (day, month): (&Name, &Name),
 ) -> Vec<BudgetKey> {
     let mut keys = Vec::new();
     for b in budgets.filter(|b| b.any()) {
-        keys.push((b.level, b.who.clone(), Period::Day(day.to_owned())));
-        keys.push((b.level, b.who.clone(), Period::Month(month.to_owned())));
+        keys.push((b.level, Name::clone(&b.who), Period::Day(Name::clone(day))));
+        keys.push((
+            b.level,
+            Name::clone(&b.who),
+            Period::Month(Name::clone(month)),
+        ));
     }
     keys
 }
 
 fn charge_locked(
-    spent: &mut HashMap<BudgetKey, Spent>,
+    spent: &mut Spending,
     keys: Vec<BudgetKey>,
     tokens: u64,
     cost: f64,
-    (day, month): (&str, &str),
+    (day, month): (&Name, &Name),
 ) -> BudgetCharge {
     if spent.len() >= MAX_TRACKED {
         spent.retain(|(_, _, p), _| match p {
@@ -170,7 +180,10 @@ fn charge_locked(
     }
     let add = i64::try_from(tokens).unwrap_or(i64::MAX);
     for k in &keys {
-        let e = spent.entry(k.clone()).or_default();
+        let e = match spent.get_mut(k) {
+            Some(e) => e,
+            None => spent.entry(k.clone()).or_default(),
+        };
         e.tokens = e.tokens.saturating_add(add);
         e.cost += cost;
     }
@@ -191,23 +204,23 @@ impl Budgets {
         budgets: &[Budget],
         tokens: u64,
         cost: f64,
-        (day, month): (&str, &str),
+        (day, month): (&Name, &Name),
     ) -> Result<Option<BudgetCharge>, Exceeded> {
         let budgets: Vec<&Budget> = budgets.iter().filter(|b| b.any()).collect();
         if budgets.is_empty() {
             return Ok(None);
         }
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
-        let get = |spent: &HashMap<_, Spent>, b: &Budget, p: Period| {
+        let get = |spent: &Spending, b: &Budget, p: Period| {
             spent
-                .get(&(b.level, b.who.clone(), p))
+                .get(&(b.level, Name::clone(&b.who), p))
                 .copied()
                 .unwrap_or_default()
         };
         let tokens_i = i64::try_from(tokens).unwrap_or(i64::MAX);
         for b in &budgets {
-            let d = get(&spent, b, Period::Day(day.to_owned()));
-            let m = get(&spent, b, Period::Month(month.to_owned()));
+            let d = get(&spent, b, Period::Day(Name::clone(day)));
+            let m = get(&spent, b, Period::Month(Name::clone(month)));
             let over_tokens = |s: Spent, limit: Option<u64>| {
                 limit.is_some_and(|x| {
                     s.tokens.saturating_add(tokens_i) > i64::try_from(x).unwrap_or(i64::MAX)
@@ -252,7 +265,7 @@ impl Budgets {
         budgets: &[Budget],
         tokens: u64,
         cost: f64,
-        periods: (&str, &str),
+        periods: (&Name, &Name),
     ) -> BudgetCharge {
         let keys = keys_for(budgets.iter(), periods);
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,18 +306,18 @@ impl Budgets {
             }
             let tokens = i64::try_from(*tokens).unwrap_or(i64::MAX);
             for (level, who) in [
-                (Level::Tenant, tenant.clone()),
-                (Level::App, format!("{tenant}/{app}")),
-                (Level::Key, key.clone()),
+                (Level::Tenant, Name::from(tenant.as_str())),
+                (Level::App, Name::from(format!("{tenant}/{app}"))),
+                (Level::Key, Name::from(key.as_str())),
             ] {
                 let mut add = |p: Period| {
                     let e = spent.entry((level, who.clone(), p)).or_default();
                     e.tokens = e.tokens.saturating_add(tokens);
                     e.cost += cost;
                 };
-                add(Period::Month(month.to_owned()));
+                add(Period::Month(Name::from(month)));
                 if day == today {
-                    add(Period::Day(today.to_owned()));
+                    add(Period::Day(Name::from(today)));
                 }
             }
         }
@@ -316,8 +329,8 @@ impl Budgets {
         spent
             .iter()
             .filter(|((_, _, p), _)| match p {
-                Period::Day(d) => d == day,
-                Period::Month(m) => m == month,
+                Period::Day(d) => **d == *day,
+                Period::Month(m) => **m == *month,
             })
             .map(|(k, v)| (k.clone(), *v))
             .collect()
@@ -352,6 +365,10 @@ impl Budgets {
 mod tests {
     use super::*;
 
+    fn at(day: &str, month: &str) -> (Name, Name) {
+        (Name::from(day), Name::from(month))
+    }
+
     fn budget(daily_tokens: Option<u64>, monthly_cost: Option<f64>) -> Vec<Budget> {
         vec![Budget {
             level: Level::Tenant,
@@ -367,7 +384,8 @@ mod tests {
     #[test]
     fn reserve_settle_and_the_exact_boundary() {
         let b = Budgets::default();
-        let p = ("2026-11-23", "2026-11");
+        let p = at("2026-11-23", "2026-11");
+        let p = (&p.0, &p.1);
         let limits = budget(Some(1000), None);
         let c = b.reserve(&limits, 600, 0.0, p).unwrap().unwrap();
         assert!(b.reserve(&limits, 401, 0.0, p).is_err());
@@ -382,8 +400,16 @@ mod tests {
         b.settle(&full, 0, 0.0);
         // A new day starts empty.
         assert!(
-            b.reserve(&limits, 1000, 0.0, ("2026-11-24", "2026-11"))
-                .is_ok()
+            b.reserve(
+                &limits,
+                1000,
+                0.0,
+                (
+                    &at("2026-11-24", "2026-11").0,
+                    &at("2026-11-24", "2026-11").1
+                )
+            )
+            .is_ok()
         );
     }
 
@@ -411,22 +437,39 @@ mod tests {
         b.load(&rows, "2026-11", "2026-11-23");
         let limits = budget(None, Some(10.0));
         let e = b
-            .reserve(&limits, 10, 0.6, ("2026-11-23", "2026-11"))
+            .reserve(
+                &limits,
+                10,
+                0.6,
+                (
+                    &at("2026-11-23", "2026-11").0,
+                    &at("2026-11-23", "2026-11").1,
+                ),
+            )
             .unwrap_err();
         assert_eq!(
             (e.which, e.reason()),
             ("monthly_cost", "budget_exceeded_tenant")
         );
         assert!(
-            b.reserve(&limits, 10, 0.4, ("2026-11-23", "2026-11"))
-                .is_ok()
+            b.reserve(
+                &limits,
+                10,
+                0.4,
+                (
+                    &at("2026-11-23", "2026-11").0,
+                    &at("2026-11-23", "2026-11").1
+                )
+            )
+            .is_ok()
         );
     }
 
     #[test]
     fn charges_snapshots_and_pending_changes() {
         let b = Budgets::default();
-        let p = ("2026-11-23", "2026-11");
+        let p = at("2026-11-23", "2026-11");
+        let p = (&p.0, &p.1);
         let limits = budget(Some(100), None);
         // Charged without a check (the shared budgets admitted it), even
         // past this gateway's own view of the limit.
@@ -437,9 +480,17 @@ mod tests {
         assert_eq!(delta.tokens, -110);
         assert!((delta.cost + 0.375).abs() < 1e-12);
         // Yesterday counts for the month, not for today.
-        b.charge(&limits, 5, 0.0, ("2026-11-22", "2026-11"));
+        b.charge(
+            &limits,
+            5,
+            0.0,
+            (
+                &at("2026-11-22", "2026-11").0,
+                &at("2026-11-22", "2026-11").1,
+            ),
+        );
         let mut snap: Vec<(String, i64)> = b
-            .snapshot(p)
+            .snapshot((p.0, p.1))
             .into_iter()
             .map(|((_, _, period), s)| (period.as_str().to_owned(), s.tokens))
             .collect();
@@ -476,8 +527,16 @@ mod tests {
                 std::thread::spawn(move || {
                     (0..500)
                         .filter(|_| {
-                            b.reserve(&limits, 3, 0.0, ("2026-11-23", "2026-11"))
-                                .is_ok()
+                            b.reserve(
+                                &limits,
+                                3,
+                                0.0,
+                                (
+                                    &at("2026-11-23", "2026-11").0,
+                                    &at("2026-11-23", "2026-11").1,
+                                ),
+                            )
+                            .is_ok()
                         })
                         .count()
                 })
@@ -503,7 +562,7 @@ mod tests {
             let t = palisade_ledger::time::rfc3339(now);
             assert_eq!(
                 periods(now),
-                (t[..10].to_owned(), t[..7].to_owned()),
+                (Name::from(&t[..10]), Name::from(&t[..7])),
                 "{now}"
             );
         }

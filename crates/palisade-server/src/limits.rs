@@ -28,6 +28,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// Its place in a [`PerLevel`] table.
+    fn index(self) -> usize {
+        match self {
+            Self::Key => 0,
+            Self::App => 1,
+            Self::Tenant => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Key => "key",
@@ -37,15 +46,22 @@ impl Level {
     }
 }
 
+/// Whom a limit counts: a key's id, `tenant/app`, or a tenant. Shared, so
+/// that naming the same one again on every request costs no allocation.
+pub type Name = Arc<str>;
+
+/// A map per level keyed by name, so that a lookup borrows the name.
+type PerLevel<V> = [HashMap<Name, V, foldhash::fast::RandomState>; 3];
+
 /// The limits that apply to one request, by level.
 #[derive(Debug, Clone, Default)]
 pub struct Applicable {
     /// (level, who, requests per minute)
-    pub rates: Vec<(Level, String, u32)>,
+    pub rates: Vec<(Level, Name, u32)>,
     /// (level, who, concurrent requests)
-    pub concurrency: Vec<(Level, String, u32)>,
+    pub concurrency: Vec<(Level, Name, u32)>,
     /// (level, who, tokens per minute)
-    pub tokens: Vec<(Level, String, u32)>,
+    pub tokens: Vec<(Level, Name, u32)>,
     /// Budgets per day and month.
     pub budgets: Vec<Budget>,
 }
@@ -136,14 +152,17 @@ impl Refusal {
 /// Which limits apply to whom, from configuration and keys.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// tenant → (its limits, app → its limits)
-    tenants: HashMap<
-        String,
-        (
-            palisade_config::LimitConfig,
-            HashMap<String, palisade_config::LimitConfig>,
-        ),
-    >,
+    tenants: HashMap<String, TenantPlan, foldhash::fast::RandomState>,
+}
+
+/// A tenant's limits and its applications', with the names they are
+/// counted under.
+#[derive(Debug)]
+struct TenantPlan {
+    name: Name,
+    limits: palisade_config::LimitConfig,
+    /// app → (`tenant/app`, its limits)
+    apps: HashMap<String, (Name, palisade_config::LimitConfig), foldhash::fast::RandomState>,
 }
 
 impl Plan {
@@ -153,8 +172,20 @@ impl Plan {
                 .tenants
                 .iter()
                 .map(|t| {
-                    let apps = t.apps.iter().map(|a| (a.name.clone(), a.limits)).collect();
-                    (t.name.clone(), (t.limits, apps))
+                    let apps = t
+                        .apps
+                        .iter()
+                        .map(|a| {
+                            let name = Name::from(format!("{}/{}", t.name, a.name));
+                            (a.name.clone(), (name, a.limits))
+                        })
+                        .collect();
+                    let plan = TenantPlan {
+                        name: Name::from(t.name.as_str()),
+                        limits: t.limits,
+                        apps,
+                    };
+                    (t.name.clone(), plan)
                 })
                 .collect(),
         }
@@ -164,7 +195,7 @@ impl Plan {
     /// application's and its tenant's.
     fn budgets(
         &self,
-        key: &str,
+        key: &mut KeyName<'_>,
         scope: &palisade_store::Scope,
         tenant: &str,
         app: &str,
@@ -177,26 +208,29 @@ impl Plan {
             monthly_cost: scope.monthly_cost,
             ..palisade_config::LimitConfig::default()
         };
-        let own = Budget {
-            level: Level::Key,
-            who: key.to_owned(),
-            limits: own,
-        };
-        if own.any() {
-            out.push(own);
+        let any = own.daily_tokens.is_some()
+            || own.monthly_tokens.is_some()
+            || own.daily_cost.is_some()
+            || own.monthly_cost.is_some();
+        if any {
+            out.push(Budget {
+                level: Level::Key,
+                who: key.get(),
+                limits: own,
+            });
         }
-        if let Some((limits, apps)) = self.tenants.get(tenant) {
-            if let Some(a) = apps.get(app) {
+        if let Some(t) = self.tenants.get(tenant) {
+            if let Some((name, limits)) = t.apps.get(app) {
                 out.push(Budget {
                     level: Level::App,
-                    who: format!("{tenant}/{app}"),
-                    limits: *a,
+                    who: Arc::clone(name),
+                    limits: *limits,
                 });
             }
             out.push(Budget {
                 level: Level::Tenant,
-                who: tenant.to_owned(),
-                limits: *limits,
+                who: Arc::clone(&t.name),
+                limits: t.limits,
             });
         }
         out
@@ -211,42 +245,53 @@ impl Plan {
         tenant: &str,
         app: &str,
     ) -> Applicable {
+        let mut key = KeyName {
+            id: key,
+            name: None,
+        };
         let mut out = Applicable {
-            budgets: self.budgets(key, scope, tenant, app),
+            budgets: self.budgets(&mut key, scope, tenant, app),
             ..Applicable::default()
         };
-        let mut add = |level: Level, who: String, l: (Option<u32>, Option<u32>, Option<u32>)| {
+        let mut add = |level: Level, who: &Name, l: (Option<u32>, Option<u32>, Option<u32>)| {
             let (rpm, concurrency, tpm) = l;
             if let Some(r) = rpm {
-                out.rates.push((level, who.clone(), r));
+                out.rates.push((level, Arc::clone(who), r));
             }
             if let Some(t) = tpm {
-                out.tokens.push((level, who.clone(), t));
+                out.tokens.push((level, Arc::clone(who), t));
             }
             if let Some(c) = concurrency {
-                out.concurrency.push((level, who, c));
+                out.concurrency.push((level, Arc::clone(who), c));
             }
         };
-        add(
-            Level::Key,
-            key.to_owned(),
-            (scope.rpm, scope.concurrency, scope.tpm),
-        );
-        if let Some((limits, apps)) = self.tenants.get(tenant) {
-            if let Some(a) = apps.get(app) {
-                add(
-                    Level::App,
-                    format!("{tenant}/{app}"),
-                    (a.rpm, a.concurrency, a.tpm),
-                );
-            }
+        if scope.rpm.is_some() || scope.concurrency.is_some() || scope.tpm.is_some() {
             add(
-                Level::Tenant,
-                tenant.to_owned(),
-                (limits.rpm, limits.concurrency, limits.tpm),
+                Level::Key,
+                &key.get(),
+                (scope.rpm, scope.concurrency, scope.tpm),
             );
         }
+        if let Some(t) = self.tenants.get(tenant) {
+            if let Some((name, a)) = t.apps.get(app) {
+                add(Level::App, name, (a.rpm, a.concurrency, a.tpm));
+            }
+            let l = &t.limits;
+            add(Level::Tenant, &t.name, (l.rpm, l.concurrency, l.tpm));
+        }
         out
+    }
+}
+
+/// A key's id, made a [`Name`] only if one of its own limits needs it.
+struct KeyName<'a> {
+    id: &'a str,
+    name: Option<Name>,
+}
+
+impl KeyName<'_> {
+    fn get(&mut self) -> Name {
+        Arc::clone(self.name.get_or_insert_with(|| Name::from(self.id)))
     }
 }
 
@@ -255,7 +300,7 @@ impl Plan {
 #[derive(Debug, Clone)]
 pub struct TokenCharge {
     /// (level, who) and the time one token is worth there.
-    per: Vec<((Level, String), Duration)>,
+    per: Vec<((Level, Name), Duration)>,
     pub reserved: u64,
     /// Reserved in Redis instead: the keys charged, with their limits.
     shared: Option<SharedTokens>,
@@ -281,12 +326,12 @@ pub struct Admission {
 /// What a [`Limiter`] counts.
 #[derive(Default)]
 struct Counts {
-    /// Theoretical arrival time per (level, who).
-    tat: HashMap<(Level, String), Instant>,
+    /// Theoretical arrival time per level and name.
+    tat: PerLevel<Instant>,
     /// The same for token rates.
-    token_tat: HashMap<(Level, String), Instant>,
-    /// Requests in flight per (level, who).
-    in_flight: HashMap<(Level, String), u32>,
+    token_tat: PerLevel<Instant>,
+    /// Requests in flight per level and name.
+    in_flight: PerLevel<u32>,
 }
 
 /// Rates, token rates and concurrency in this process, under one lock: an
@@ -301,7 +346,7 @@ pub struct Limiter {
 /// Holds a request's concurrency slots; they are given back when it is
 /// dropped (when the exchange ends, streams included).
 pub struct Slots {
-    held: Vec<(Level, String)>,
+    held: Vec<(Level, Name)>,
     counts: Arc<Mutex<Counts>>,
     /// Leases in Redis: the sets, and this request's name in them.
     shared: Option<(Arc<RedisLimits>, Vec<String>, String)>,
@@ -332,11 +377,12 @@ impl Drop for Slots {
             return;
         }
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for k in self.held.drain(..) {
-            if let Some(n) = counts.in_flight.get_mut(&k) {
+        for (level, who) in self.held.drain(..) {
+            let in_flight = &mut counts.in_flight[level.index()];
+            if let Some(n) = in_flight.get_mut(&who) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    counts.in_flight.remove(&k);
+                    in_flight.remove(&who);
                 }
             }
         }
@@ -348,7 +394,7 @@ impl Drop for Slots {
 const MAX_TRACKED: usize = 100_000;
 
 /// A token-rate reservation worked out but not yet charged.
-type TokenPlan = (RateStatus, Vec<((Level, String), Instant)>, TokenCharge);
+type TokenPlan = (RateStatus, Vec<((Level, Name), Instant)>, TokenCharge);
 
 impl Limiter {
     /// Admits a request costing `tokens` (its prompt estimate plus the
@@ -365,12 +411,7 @@ impl Limiter {
         let c = &mut *counts;
         let token_plan = check_tokens(&mut c.token_tat, limits, tokens, now)?;
         for (level, who, limit) in &limits.concurrency {
-            if c.in_flight
-                .get(&(*level, who.clone()))
-                .copied()
-                .unwrap_or(0)
-                >= *limit
-            {
+            if c.in_flight[level.index()].get(who).copied().unwrap_or(0) >= *limit {
                 return Err(Refusal::Concurrency {
                     level: *level,
                     limit: *limit,
@@ -381,17 +422,23 @@ impl Limiter {
         // Every limit passed: charge them all.
         let (status, charge) = match token_plan {
             Some((status, next, charge)) => {
-                c.token_tat.extend(next);
+                set(&mut c.token_tat, next);
                 (Some(status), Some(charge))
             }
             None => (None, None),
         };
         let mut held = Vec::with_capacity(limits.concurrency.len());
         for (level, who, _) in &limits.concurrency {
-            *c.in_flight.entry((*level, who.clone())).or_default() += 1;
-            held.push((*level, who.clone()));
+            let in_flight = &mut c.in_flight[level.index()];
+            match in_flight.get_mut(who) {
+                Some(n) => *n += 1,
+                None => {
+                    in_flight.insert(Arc::clone(who), 1);
+                }
+            }
+            held.push((*level, Arc::clone(who)));
         }
-        c.tat.extend(next);
+        set(&mut c.tat, next);
         drop(counts);
         Ok(Admission {
             requests,
@@ -423,8 +470,8 @@ impl Limiter {
             return;
         }
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, interval) in &charge.per {
-            let Some(t) = counts.token_tat.get_mut(key) else {
+        for ((level, who), interval) in &charge.per {
+            let Some(t) = counts.token_tat[level.index()].get_mut(who) else {
                 continue;
             };
             if used >= charge.reserved {
@@ -450,10 +497,33 @@ impl Limiter {
     }
 }
 
+/// Stores new arrival times, allocating only for a name not seen before.
+fn set(tat: &mut PerLevel<Instant>, next: Vec<((Level, Name), Instant)>) {
+    for ((level, who), t) in next {
+        let map = &mut tat[level.index()];
+        match map.get_mut(&who) {
+            Some(old) => *old = t,
+            None => {
+                map.insert(who, t);
+            }
+        }
+    }
+}
+
+/// Forgets the arrival times that are past (their limits are whole
+/// again) once too many things are tracked.
+fn forget_idle(tat: &mut PerLevel<Instant>, now: Instant) {
+    if tat.iter().map(HashMap::len).sum::<usize>() >= MAX_TRACKED {
+        for map in tat.iter_mut() {
+            map.retain(|_, t| *t > now);
+        }
+    }
+}
+
 /// Token rates: the tightest status and the new arrival times, or the
 /// refusal; nothing is changed.
 fn check_tokens(
-    tat: &mut HashMap<(Level, String), Instant>,
+    tat: &mut PerLevel<Instant>,
     limits: &Applicable,
     cost: u64,
     now: Instant,
@@ -461,9 +531,7 @@ fn check_tokens(
     if limits.tokens.is_empty() {
         return Ok(None);
     }
-    if tat.len() >= MAX_TRACKED {
-        tat.retain(|_, t| *t > now);
-    }
+    forget_idle(tat, now);
     let mut tightest: Option<RateStatus> = None;
     let mut next = Vec::new();
     let mut per = Vec::new();
@@ -471,11 +539,7 @@ fn check_tokens(
         let tpm = (*tpm).max(1);
         let interval = Duration::from_secs(60) / tpm;
         let burst = interval * tpm;
-        let current = tat
-            .get(&(*level, who.clone()))
-            .copied()
-            .unwrap_or(now)
-            .max(now);
+        let current = tat[level.index()].get(who).copied().unwrap_or(now).max(now);
         let spent = interval.saturating_mul(u32::try_from(cost).unwrap_or(u32::MAX));
         let new_tat = current + spent;
         let ahead = new_tat - now;
@@ -506,8 +570,8 @@ fn check_tokens(
         if tightest.is_none_or(|t| remaining < t.remaining) {
             tightest = Some(status);
         }
-        next.push(((*level, who.clone()), new_tat));
-        per.push(((*level, who.clone()), interval));
+        next.push(((*level, Arc::clone(who)), new_tat));
+        per.push(((*level, Arc::clone(who)), interval));
     }
     Ok(tightest.map(|t| {
         (
@@ -526,27 +590,21 @@ fn check_tokens(
 /// refusal; nothing is changed.
 #[allow(clippy::type_complexity)]
 fn check_rates(
-    tat: &mut HashMap<(Level, String), Instant>,
+    tat: &mut PerLevel<Instant>,
     limits: &Applicable,
     now: Instant,
-) -> Result<(Option<RateStatus>, Vec<((Level, String), Instant)>), Refusal> {
+) -> Result<(Option<RateStatus>, Vec<((Level, Name), Instant)>), Refusal> {
     if limits.rates.is_empty() {
         return Ok((None, Vec::new()));
     }
-    if tat.len() >= MAX_TRACKED {
-        tat.retain(|_, t| *t > now);
-    }
+    forget_idle(tat, now);
     let mut tightest: Option<RateStatus> = None;
     let mut next = Vec::with_capacity(limits.rates.len());
     for (level, who, rpm) in &limits.rates {
         let rpm = (*rpm).max(1);
         let interval = Duration::from_secs(60) / rpm;
         let burst = interval * rpm;
-        let current = tat
-            .get(&(*level, who.clone()))
-            .copied()
-            .unwrap_or(now)
-            .max(now);
+        let current = tat[level.index()].get(who).copied().unwrap_or(now).max(now);
         let new_tat = current + interval;
         let ahead = new_tat - now;
         if ahead > burst {
@@ -571,7 +629,7 @@ fn check_rates(
         if tightest.is_none_or(|t| remaining < t.remaining) {
             tightest = Some(status);
         }
-        next.push(((*level, who.clone()), new_tat));
+        next.push(((*level, Arc::clone(who)), new_tat));
     }
     Ok((tightest, next))
 }
@@ -1084,7 +1142,14 @@ mod tests {
         drop(a);
         let c = l.admit(&limits, now).unwrap();
         drop((b, c));
-        assert!(l.counts.lock().unwrap().in_flight.is_empty());
+        assert!(
+            l.counts
+                .lock()
+                .unwrap()
+                .in_flight
+                .iter()
+                .all(HashMap::is_empty)
+        );
     }
 
     #[test]
@@ -1137,7 +1202,14 @@ mod tests {
             .map(|t| t.join().unwrap())
             .sum();
         assert_eq!(passed, 100);
-        assert!(l.counts.lock().unwrap().in_flight.is_empty());
+        assert!(
+            l.counts
+                .lock()
+                .unwrap()
+                .in_flight
+                .iter()
+                .all(HashMap::is_empty)
+        );
     }
 
     #[test]
@@ -1166,12 +1238,12 @@ apps = [{ name = "bot", limits = { rpm = 60, concurrency = 4 } }]
         assert_eq!(
             a.rates,
             [
-                (Level::Key, "k1".to_owned(), 10),
-                (Level::App, "acme/bot".to_owned(), 60),
-                (Level::Tenant, "acme".to_owned(), 600)
+                (Level::Key, Name::from("k1"), 10),
+                (Level::App, Name::from("acme/bot"), 60),
+                (Level::Tenant, Name::from("acme"), 600)
             ]
         );
-        assert_eq!(a.concurrency, [(Level::App, "acme/bot".to_owned(), 4)]);
+        assert_eq!(a.concurrency, [(Level::App, Name::from("acme/bot"), 4)]);
         let other = plan.applicable("k2", &palisade_store::Scope::default(), "globex", "x");
         assert!(other.rates.is_empty() && other.concurrency.is_empty());
         assert!(

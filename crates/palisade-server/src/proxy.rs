@@ -492,6 +492,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     };
     let mut response = response
         .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "cannot build the response"))?;
+    if rate.is_some() || token_rate.is_some() {
+        // Room for all six at once rather than growing the map twice.
+        response.headers_mut().reserve(6);
+    }
     if let Some(rate) = rate {
         rate_headers(response.headers_mut(), "requests", rate);
     }
@@ -765,7 +769,9 @@ fn rate_headers(headers: &mut HeaderMap, what: &str, rate: crate::limits::RateSt
     let [limit, remaining, reset] = &RATE_HEADERS[usize::from(what == "tokens")];
     headers.insert(limit.clone(), HeaderValue::from(rate.limit));
     headers.insert(remaining.clone(), HeaderValue::from(rate.remaining));
-    if let Ok(v) = HeaderValue::from_str(&crate::limits::reset_header(rate.reset)) {
+    // The formatted text becomes the value without another copy.
+    let reset_text = Bytes::from(crate::limits::reset_header(rate.reset));
+    if let Ok(v) = HeaderValue::from_maybe_shared(reset_text) {
         headers.insert(reset.clone(), v);
     }
 }

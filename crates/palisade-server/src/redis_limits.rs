@@ -349,7 +349,7 @@ impl RedisLimits {
         &self,
         limits: &Applicable,
         ask: Reservation,
-        periods: (&str, &str),
+        periods: (&crate::limits::Name, &crate::limits::Name),
         node: &str,
         member: &str,
     ) -> Result<Result<SharedAdmission, Refusal>, SharedError> {
@@ -425,7 +425,7 @@ impl RedisLimits {
                 reset: us(reset),
             })
         };
-        let level = |list: &[(Level, String, u32)], i: i64| {
+        let level = |list: &[(Level, crate::limits::Name, u32)], i: i64| {
             usize::try_from(i)
                 .ok()
                 .and_then(|i| list.get(i))

@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::{Cache, DFA};
@@ -342,14 +342,19 @@ pub fn count(text: &str) -> u64 {
     n
 }
 
-/// How many strings' counts are remembered.
+/// How many strings' counts each thread remembers.
 const COUNT_CACHE: usize = 20_000;
 
 /// [`count`], remembered by a hash of the text for strings long enough to
 /// be worth it: a chat resends its whole history on every turn.
 fn count_cached(s: &str) -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    static CACHE: OnceLock<Mutex<HashMap<(u64, usize), u64>>> = OnceLock::new();
+    thread_local! {
+        /// Each thread's own: no lock, and no cache line shared between
+        /// the connection threads.
+        static CACHE: RefCell<HashMap<(u64, usize), u64, BuildHasherDefault<FxHasher>>> =
+            RefCell::new(HashMap::default());
+    }
     // A keyed hash (a random seed per process), several times faster than
     // SipHash over a long prompt.
     static KEYS: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
@@ -359,17 +364,16 @@ fn count_cached(s: &str) -> u64 {
     let mut h = KEYS.get_or_init(Default::default).build_hasher();
     h.write(s.as_bytes());
     let key = (h.finish(), s.len());
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(n) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+    if let Some(n) = CACHE.with_borrow(|c| c.get(&key).copied()) {
         return n;
     }
     let n = count(s);
-    if let Ok(mut c) = cache.lock() {
+    CACHE.with_borrow_mut(|c| {
         if c.len() >= COUNT_CACHE {
             c.clear();
         }
         c.insert(key, n);
-    }
+    });
     n
 }
 

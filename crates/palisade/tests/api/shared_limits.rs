@@ -495,7 +495,7 @@ fn acme_today() -> palisade_server::budgets::BudgetKey {
     let (day, _) = palisade_server::budgets::periods(palisade_store::unix_now());
     (
         palisade_server::limits::Level::Tenant,
-        "acme".to_owned(),
+        "acme".into(),
         palisade_server::budgets::Period::Day(day),
     )
 }
