@@ -17,6 +17,11 @@ afresh).
     python3 benchmarks/limits.py                  # full run (~4 min)
     python3 benchmarks/limits.py --smoke          # a few seconds
     python3 benchmarks/limits.py --redis redis://127.0.0.1:6379/0
+    python3 benchmarks/limits.py --baseline /tmp/palisade-before   # A/B
+
+With --baseline, two more gateways run another build of palisade (limits
+off and in memory), interleaved with the others, so that a change's effect
+is measured against the build before it in the same run.
 
 Needs wrk; the Redis scenario needs a Redis (default the local one) and is
 left out, saying so, if it does not answer. Writes
@@ -34,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import ROOT, cpu_seconds, prepare, rss_kib, start_gateway, stop, wrk  # noqa: E402
+from overhead import BIN, ROOT, cpu_seconds, prepare, rss_kib, start_gateway, stop, wrk  # noqa: E402
 
 SENTENCES = [
     "The quarterly review covered the migration of the billing service to the new cluster.",
@@ -92,6 +97,7 @@ def main():
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "limits.json"))
+    ap.add_argument("--baseline", help="another palisade binary, run with limits off and in memory too")
     args = ap.parse_args()
     work, procs, mock_addr = prepare(args, "palisade-limits-bench-")
     try:
@@ -102,9 +108,15 @@ def main():
         else:
             print(f"Redis at {args.redis} does not answer: the Redis scenario is left out")
 
+        binaries = {name: BIN for name in variants}
+        if args.baseline:
+            for name in ("off", "memory"):
+                variants[f"baseline_{name}"] = variants[name]
+                binaries[f"baseline_{name}"] = Path(args.baseline)
         gateways = {}
         for name, extra in variants.items():
-            gw, addr, key = start_gateway(work, name, mock_addr, "relaxed", extra, procs)
+            gw, addr, key = start_gateway(work, name, mock_addr, "relaxed", extra, procs,
+                                          binary=binaries[name])
             d = work / name
             body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
             head, tail = body.split(PROMPT)
@@ -138,7 +150,8 @@ def main():
             results.setdefault(kind, {})[g] = med
         for kind, by in results.items():
             for g, m in by.items():
-                m["throughput_vs_off"] = m["rps"] / by["off"]["rps"]
+                off = "baseline_off" if g.startswith("baseline_") else "off"
+                m["throughput_vs_off"] = m["rps"] / by[off]["rps"]
         report = {
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
