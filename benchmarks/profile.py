@@ -5,6 +5,8 @@ the same binary and inputs whatever else the machine is doing.
 
     python3 benchmarks/profile.py cpu                 # minimal path, instructions per request
     python3 benchmarks/profile.py cpu --scenario full # the full compliance pipeline
+    python3 benchmarks/profile.py cpu --scenario limits   # limits.py's prompt, limits in memory
+    python3 benchmarks/profile.py cpu --scenario prompt   # the same prompt, limits off
     python3 benchmarks/profile.py streams             # heap held per open stream (massif)
 
 cpu: builds `--profile profiling` (release code with line tables), runs the
@@ -66,6 +68,11 @@ def cpu(args, work, procs):
     if args.scenario == "full":
         durability, extra = "strict", LIMITS
         body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
+    elif args.scenario in ("prompt", "limits"):
+        # limits.py's gateways, limits off and in memory, with its prompt.
+        import limits
+        extra = limits.LIMITS if args.scenario == "limits" else ""
+        body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": limits.PROMPT}]})
     gw, addr, key = start_gateway(work, args.scenario, mock, durability, extra, procs,
                                   wrap=wrap, binary=PROFILING_BIN)
     host, port = addr.rsplit(":", 1)
@@ -134,7 +141,7 @@ def streams(args, work, procs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["cpu", "streams"])
-    ap.add_argument("--scenario", choices=["minimal", "full"], default="minimal")
+    ap.add_argument("--scenario", choices=["minimal", "full", "prompt", "limits"], default="minimal")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--streams", type=int, default=500)
     ap.add_argument("--top", type=int, default=40)

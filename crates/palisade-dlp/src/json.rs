@@ -10,6 +10,7 @@
 //! else, tool definitions, metadata and free-form fields included, is
 //! content.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,15 +216,14 @@ impl Parser<'_, '_> {
             self.i += 1;
             return Ok(());
         }
-        let mut keys = HashSet::new();
+        let mut keys = Keys::default();
         loop {
             self.ws();
             if self.s.get(self.i) != Some(&b'"') {
                 return self.err();
             }
             let (start, end) = self.string_token()?;
-            let key: String = serde_json::from_slice(&self.s[start..end])
-                .map_err(|_| JsonError::Syntax(start))?;
+            let key = decode(self.s, start, end)?;
             self.ws();
             if self.s.get(self.i) != Some(&b':') {
                 return self.err();
@@ -308,18 +308,8 @@ impl Parser<'_, '_> {
     fn string(&mut self, skip: bool) -> Result<(), JsonError> {
         let (start, end) = self.string_token()?;
         // Decoded even when skipped: invalid escapes or UTF-8 are refused
-        // wherever they are. A string without escapes is its own bytes,
-        // borrowed once they are checked (UTF-8, no control characters).
-        let raw = &self.s[start + 1..end - 1];
-        let plain = (memchr::memchr(b'\\', raw).is_none() && raw.iter().all(|&b| b >= 0x20))
-            .then(|| std::str::from_utf8(raw).ok())
-            .flatten();
-        let decoded: std::borrow::Cow<'_, str> = match plain {
-            Some(s) => s.into(),
-            None => serde_json::from_slice::<String>(&self.s[start..end])
-                .map_err(|_| JsonError::Syntax(start))?
-                .into(),
-        };
+        // wherever they are.
+        let decoded = decode(self.s, start, end)?;
         if skip {
             return Ok(());
         }
@@ -332,6 +322,62 @@ impl Parser<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// The string token `s[start..end]` (quotes included), decoded. A string
+/// without escapes is its own bytes, borrowed once they are checked
+/// (UTF-8, no control characters); others are decoded by `serde_json`.
+fn decode(s: &[u8], start: usize, end: usize) -> Result<Cow<'_, str>, JsonError> {
+    let raw = &s[start + 1..end - 1];
+    if memchr::memchr(b'\\', raw).is_none()
+        && !has_control(raw)
+        && let Ok(plain) = std::str::from_utf8(raw)
+    {
+        return Ok(Cow::Borrowed(plain));
+    }
+    serde_json::from_slice::<String>(&s[start..end])
+        .map(Cow::Owned)
+        .map_err(|_| JsonError::Syntax(start))
+}
+
+/// An object's keys so far, to refuse duplicates: a short list searched
+/// in turn (most objects have a handful of keys), a hash set past that.
+#[derive(Default)]
+struct Keys<'a> {
+    few: Vec<Cow<'a, str>>,
+    many: HashSet<Cow<'a, str>>,
+}
+
+impl<'a> Keys<'a> {
+    const FEW: usize = 16;
+
+    /// Adds `key`; false if it was there already.
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
+        if self.few.len() < Self::FEW {
+            if self.few.contains(&key) {
+                return false;
+            }
+            self.few.push(key);
+            return true;
+        }
+        if self.many.is_empty() {
+            self.many.extend(self.few.iter().cloned());
+        }
+        self.many.insert(key)
+    }
+}
+
+/// Whether `b` holds a control character (below U+0020), which JSON
+/// strings may carry only escaped. In blocks of 32 bytes without an early
+/// exit, which the compiler turns into vector compares.
+fn has_control(b: &[u8]) -> bool {
+    let mut blocks = b.chunks_exact(32);
+    for block in &mut blocks {
+        if block.iter().fold(false, |any, &c| any | (c < 0x20)) {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&c| c < 0x20)
 }
 
 /// Whether a key is one of [`STRUCTURAL_KEYS`].
@@ -402,6 +448,51 @@ mod tests {
             rewrite_strings(b"[\"\xff\"]", 8, &structural, &mut |_| None),
             Err(JsonError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_small_and_large_objects() {
+        let object = |keys: &[String]| {
+            let members: Vec<String> = keys.iter().map(|k| format!("\"{k}\":1")).collect();
+            format!("{{{}}}", members.join(","))
+        };
+        for n in [1, 2, 15, 16, 17, 40] {
+            let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+            assert_eq!(upper(&object(&keys)), Ok(None), "{n} distinct keys");
+            for (dup, of) in [(n, 0), (n, n - 1), (n + 20, n / 2)] {
+                let mut with = keys.clone();
+                with.extend((n..dup).map(|i| format!("p{i}")));
+                with.push(keys[of].clone());
+                assert_eq!(
+                    upper(&object(&with)),
+                    Err(JsonError::DuplicateKey(keys[of].clone())),
+                    "{n} keys, the key {of} again after {dup}"
+                );
+            }
+        }
+        // The same key written with and without escapes is the same key.
+        assert_eq!(
+            upper(r#"{"ab":1,"a\u0062":2}"#),
+            Err(JsonError::DuplicateKey("ab".into()))
+        );
+    }
+
+    #[test]
+    fn control_characters_are_found_wherever_they_are() {
+        for len in [0, 1, 31, 32, 33, 64, 100] {
+            let clean = vec![b'a'; len];
+            assert!(!has_control(&clean), "{len}");
+            for at in 0..len {
+                for c in [0x00, 0x09, 0x1f] {
+                    let mut b = clean.clone();
+                    b[at] = c;
+                    assert!(has_control(&b), "{len} {at} {c}");
+                }
+                let mut b = clean.clone();
+                b[at] = 0x20;
+                assert!(!has_control(&b));
+            }
+        }
     }
 
     /// Strings without escapes are handed over as their own bytes; they

@@ -444,6 +444,10 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut builder = Response::builder().status(head.status);
     if let Some(headers) = builder.headers_mut() {
+        // Room for the upstream's headers and the dozen the gateway adds
+        // (rate limits, audit sequence, request id, stream hints), so the
+        // map is sized once.
+        headers.reserve(head.headers.len() + 12);
         copy_response_headers(&head.headers, headers);
     }
     let response = if streaming {
@@ -492,10 +496,6 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     };
     let mut response = response
         .map_err(|_| ApiError::new(ErrorKind::Internal, dialect, "cannot build the response"))?;
-    if rate.is_some() || token_rate.is_some() {
-        // Room for all six at once rather than growing the map twice.
-        response.headers_mut().reserve(6);
-    }
     if let Some(rate) = rate {
         rate_headers(response.headers_mut(), "requests", rate);
     }
