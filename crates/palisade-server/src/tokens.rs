@@ -53,7 +53,71 @@ const RANKS: u32 = 199_998;
 /// stays within about a token per cut of the exact one.
 const MAX_PIECE: usize = 256;
 
-type Ranks = HashMap<&'static [u8], u32, BuildHasherDefault<FxHasher>>;
+/// The ranks of tokens longer than [`SHORT`] bytes, by their bytes.
+type LongRanks = HashMap<&'static [u8], u32, BuildHasherDefault<FxHasher>>;
+
+/// The ranks of tokens of one length up to [`SHORT`] bytes, keyed by
+/// [`short_key`]: two integers compared and hashed directly, where a
+/// byte-slice key costs a `memcmp` call per look-up.
+type ShortRanks = HashMap<(u64, u64), u32, BuildHasherDefault<FxHasher>>;
+
+/// The longest token kept in [`ShortRanks`]; nearly all of them are.
+const SHORT: usize = 16;
+
+/// `b` (1 to [`SHORT`] bytes) as two integers, unique among slices of its
+/// length: its first and last 8 bytes (overlapping when shorter than 16),
+/// or 4, or for 1–3 bytes its first, middle and last byte.
+fn short_key(b: &[u8]) -> (u64, u64) {
+    if let (Some(first), Some(last)) = (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        return (u64::from_le_bytes(*first), u64::from_le_bytes(*last));
+    }
+    if let (Some(first), Some(last)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        return (
+            u64::from(u32::from_le_bytes(*first)),
+            u64::from(u32::from_le_bytes(*last)),
+        );
+    }
+    let at = |i: usize| u64::from(b.get(i).copied().unwrap_or(0));
+    (
+        at(0) | at(b.len() / 2) << 8 | at(b.len().saturating_sub(1)) << 16,
+        0,
+    )
+}
+
+/// Every rank, by the token's bytes.
+struct Ranks {
+    /// Index: the token's length.
+    short: Vec<ShortRanks>,
+    long: LongRanks,
+}
+
+impl Ranks {
+    fn new() -> Self {
+        Self {
+            short: (0..=SHORT).map(|_| ShortRanks::default()).collect(),
+            long: LongRanks::default(),
+        }
+    }
+
+    fn insert(&mut self, token: &'static [u8], rank: u32) {
+        match self.short.get_mut(token.len()) {
+            Some(map) => map.insert(short_key(token), rank),
+            None => self.long.insert(token, rank),
+        };
+    }
+
+    #[inline]
+    fn get(&self, piece: &[u8]) -> Option<u32> {
+        match self.short.get(piece.len()) {
+            Some(map) => map.get(&short_key(piece)).copied(),
+            None => self.long.get(piece).copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.long.len() + self.short.iter().map(HashMap::len).sum::<usize>()
+    }
+}
 
 struct Encoding {
     ranks: Ranks,
@@ -87,14 +151,16 @@ impl Encoding {
     }
 
     fn load() -> Result<Encoding, String> {
-        let mut ranks = Ranks::with_capacity_and_hasher(RANKS as usize, Default::default());
+        let mut ranks = Ranks::new();
         let mut rest = O200K;
+        let mut next = 0usize;
         while let Some((&len, tail)) = rest.split_first() {
             let (token, tail) = tail
                 .split_at_checked(usize::from(len))
                 .ok_or("the o200k_base ranks are truncated")?;
-            let rank = u32::try_from(ranks.len()).map_err(|e| e.to_string())?;
+            let rank = u32::try_from(next).map_err(|e| e.to_string())?;
             ranks.insert(token, rank);
+            next += 1;
             rest = tail;
         }
         if ranks.len() != RANKS as usize {
@@ -214,13 +280,13 @@ impl Encoding {
     /// Tokens in one piece: looked up whole, else merged pair by pair,
     /// lowest rank first, as byte-pair encoding does.
     fn piece_tokens(&self, piece: &[u8]) -> u64 {
-        if piece.len() <= 1 || self.ranks.contains_key(piece) {
+        if piece.len() <= 1 || self.ranks.get(piece).is_some() {
             return piece.len().min(1) as u64;
         }
         if piece.len() > MAX_PIECE {
             return piece.chunks(MAX_PIECE).map(|c| self.piece_tokens(c)).sum();
         }
-        let rank = |a: usize, b: usize| self.ranks.get(&piece[a..b]).copied().unwrap_or(u32::MAX);
+        let rank = |a: usize, b: usize| self.ranks.get(&piece[a..b]).unwrap_or(u32::MAX);
         // `starts[i]` begins part i; `pair[i]` ranks parts i and i+1 merged.
         let mut starts: Vec<usize> = (0..=piece.len()).collect();
         let mut pair: Vec<u32> = (0..piece.len() - 1).map(|i| rank(i, i + 2)).collect();
@@ -408,6 +474,30 @@ mod tests {
             .len() as u64
     }
 
+    /// Two different slices of one length never share a short key: the
+    /// key covers every byte.
+    #[test]
+    fn short_keys_tell_every_slice_of_a_length_apart() {
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for len in 1..=SHORT {
+            let mut seen: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+            for _ in 0..3000 {
+                // Few distinct byte values, so that near-equal slices meet.
+                let b: Vec<u8> = (0..len)
+                    .map(|_| b"ab\xff\0"[(next() % 4) as usize])
+                    .collect();
+                let earlier = seen.entry(short_key(&b)).or_insert_with(|| b.clone());
+                assert_eq!(*earlier, b, "length {len}");
+            }
+        }
+    }
+
     #[test]
     fn the_compiled_in_ranks_are_tiktokens() {
         let e = Encoding::get().expect("the ranks load");
@@ -415,7 +505,7 @@ mod tests {
         let bpe = tiktoken_rs::o200k_base_singleton();
         for rank in (0..RANKS).step_by(97).chain([RANKS - 1]) {
             let bytes: Vec<u8> = bpe._decode_native_and_split(vec![rank]).flatten().collect();
-            assert_eq!(e.ranks.get(bytes.as_slice()), Some(&rank), "rank {rank}");
+            assert_eq!(e.ranks.get(bytes.as_slice()), Some(rank), "rank {rank}");
         }
     }
 
