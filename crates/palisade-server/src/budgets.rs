@@ -369,6 +369,10 @@ mod tests {
         (Name::from(day), Name::from(month))
     }
 
+    fn on(p: &(Name, Name)) -> (&Name, &Name) {
+        (&p.0, &p.1)
+    }
+
     fn budget(daily_tokens: Option<u64>, monthly_cost: Option<f64>) -> Vec<Budget> {
         vec![Budget {
             level: Level::Tenant,
@@ -385,7 +389,7 @@ mod tests {
     fn reserve_settle_and_the_exact_boundary() {
         let b = Budgets::default();
         let p = at("2026-11-23", "2026-11");
-        let p = (&p.0, &p.1);
+        let p = on(&p);
         let limits = budget(Some(1000), None);
         let c = b.reserve(&limits, 600, 0.0, p).unwrap().unwrap();
         assert!(b.reserve(&limits, 401, 0.0, p).is_err());
@@ -400,16 +404,8 @@ mod tests {
         b.settle(&full, 0, 0.0);
         // A new day starts empty.
         assert!(
-            b.reserve(
-                &limits,
-                1000,
-                0.0,
-                (
-                    &at("2026-11-24", "2026-11").0,
-                    &at("2026-11-24", "2026-11").1
-                )
-            )
-            .is_ok()
+            b.reserve(&limits, 1000, 0.0, on(&at("2026-11-24", "2026-11")))
+                .is_ok()
         );
     }
 
@@ -437,31 +433,15 @@ mod tests {
         b.load(&rows, "2026-11", "2026-11-23");
         let limits = budget(None, Some(10.0));
         let e = b
-            .reserve(
-                &limits,
-                10,
-                0.6,
-                (
-                    &at("2026-11-23", "2026-11").0,
-                    &at("2026-11-23", "2026-11").1,
-                ),
-            )
+            .reserve(&limits, 10, 0.6, on(&at("2026-11-23", "2026-11")))
             .unwrap_err();
         assert_eq!(
             (e.which, e.reason()),
             ("monthly_cost", "budget_exceeded_tenant")
         );
         assert!(
-            b.reserve(
-                &limits,
-                10,
-                0.4,
-                (
-                    &at("2026-11-23", "2026-11").0,
-                    &at("2026-11-23", "2026-11").1
-                )
-            )
-            .is_ok()
+            b.reserve(&limits, 10, 0.4, on(&at("2026-11-23", "2026-11")))
+                .is_ok()
         );
     }
 
@@ -469,7 +449,7 @@ mod tests {
     fn charges_snapshots_and_pending_changes() {
         let b = Budgets::default();
         let p = at("2026-11-23", "2026-11");
-        let p = (&p.0, &p.1);
+        let p = on(&p);
         let limits = budget(Some(100), None);
         // Charged without a check (the shared budgets admitted it), even
         // past this gateway's own view of the limit.
@@ -480,15 +460,7 @@ mod tests {
         assert_eq!(delta.tokens, -110);
         assert!((delta.cost + 0.375).abs() < 1e-12);
         // Yesterday counts for the month, not for today.
-        b.charge(
-            &limits,
-            5,
-            0.0,
-            (
-                &at("2026-11-22", "2026-11").0,
-                &at("2026-11-22", "2026-11").1,
-            ),
-        );
+        b.charge(&limits, 5, 0.0, on(&at("2026-11-22", "2026-11")));
         let mut snap: Vec<(String, i64)> = b
             .snapshot((p.0, p.1))
             .into_iter()
@@ -527,16 +499,8 @@ mod tests {
                 std::thread::spawn(move || {
                     (0..500)
                         .filter(|_| {
-                            b.reserve(
-                                &limits,
-                                3,
-                                0.0,
-                                (
-                                    &at("2026-11-23", "2026-11").0,
-                                    &at("2026-11-23", "2026-11").1,
-                                ),
-                            )
-                            .is_ok()
+                            b.reserve(&limits, 3, 0.0, on(&at("2026-11-23", "2026-11")))
+                                .is_ok()
                         })
                         .count()
                 })

@@ -1044,6 +1044,11 @@ mod tests {
         }
     }
 
+    fn nothing_in_flight(l: &Limiter) -> bool {
+        let counts = l.counts.lock().unwrap();
+        counts.in_flight.iter().all(HashMap::is_empty)
+    }
+
     #[test]
     fn token_rates_reserve_then_settle() {
         let l = Limiter::default();
@@ -1142,14 +1147,7 @@ mod tests {
         drop(a);
         let c = l.admit(&limits, now).unwrap();
         drop((b, c));
-        assert!(
-            l.counts
-                .lock()
-                .unwrap()
-                .in_flight
-                .iter()
-                .all(HashMap::is_empty)
-        );
+        assert!(nothing_in_flight(&l));
     }
 
     #[test]
@@ -1202,14 +1200,7 @@ mod tests {
             .map(|t| t.join().unwrap())
             .sum();
         assert_eq!(passed, 100);
-        assert!(
-            l.counts
-                .lock()
-                .unwrap()
-                .in_flight
-                .iter()
-                .all(HashMap::is_empty)
-        );
+        assert!(nothing_in_flight(&l));
     }
 
     #[test]
