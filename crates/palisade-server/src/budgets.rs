@@ -81,12 +81,16 @@ pub struct Budget {
 impl Budget {
     /// Whether any budget is set.
     pub fn any(&self) -> bool {
-        let l = &self.limits;
-        l.daily_tokens.is_some()
-            || l.monthly_tokens.is_some()
-            || l.daily_cost.is_some()
-            || l.monthly_cost.is_some()
+        sets_budget(&self.limits)
     }
+}
+
+/// Whether `l` sets a budget (a day's or month's tokens or cost).
+pub fn sets_budget(l: &LimitConfig) -> bool {
+    l.daily_tokens.is_some()
+        || l.monthly_tokens.is_some()
+        || l.daily_cost.is_some()
+        || l.monthly_cost.is_some()
 }
 
 /// Where a reservation is mirrored besides this gateway's own map.
@@ -180,10 +184,7 @@ fn charge_locked(
     }
     let add = i64::try_from(tokens).unwrap_or(i64::MAX);
     for k in &keys {
-        let e = match spent.get_mut(k) {
-            Some(e) => e,
-            None => spent.entry(k.clone()).or_default(),
-        };
+        let e = spent.entry(k.clone()).or_default();
         e.tokens = e.tokens.saturating_add(add);
         e.cost += cost;
     }

@@ -208,11 +208,7 @@ impl Plan {
             monthly_cost: scope.monthly_cost,
             ..palisade_config::LimitConfig::default()
         };
-        let any = own.daily_tokens.is_some()
-            || own.monthly_tokens.is_some()
-            || own.daily_cost.is_some()
-            || own.monthly_cost.is_some();
-        if any {
+        if crate::budgets::sets_budget(&own) {
             out.push(Budget {
                 level: Level::Key,
                 who: key.get(),
@@ -429,13 +425,9 @@ impl Limiter {
         };
         let mut held = Vec::with_capacity(limits.concurrency.len());
         for (level, who, _) in &limits.concurrency {
-            let in_flight = &mut c.in_flight[level.index()];
-            match in_flight.get_mut(who) {
-                Some(n) => *n += 1,
-                None => {
-                    in_flight.insert(Arc::clone(who), 1);
-                }
-            }
+            *c.in_flight[level.index()]
+                .entry(Arc::clone(who))
+                .or_default() += 1;
             held.push((*level, Arc::clone(who)));
         }
         set(&mut c.tat, next);
@@ -497,16 +489,10 @@ impl Limiter {
     }
 }
 
-/// Stores new arrival times, allocating only for a name not seen before.
+/// Stores new arrival times.
 fn set(tat: &mut PerLevel<Instant>, next: Vec<((Level, Name), Instant)>) {
     for ((level, who), t) in next {
-        let map = &mut tat[level.index()];
-        match map.get_mut(&who) {
-            Some(old) => *old = t,
-            None => {
-                map.insert(who, t);
-            }
-        }
+        tat[level.index()].insert(who, t);
     }
 }
 

@@ -29,7 +29,6 @@
 //! that come back to Redis one after another agree that it answers.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -195,6 +194,26 @@ fn is_broken(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
+/// Whether a command may be sent again when its connection broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// Running it twice changes nothing more, or only counts more.
+    Safe,
+    /// Running it twice would give back twice (a refund).
+    Never,
+}
+
+impl Again {
+    /// `Safe` unless some change gives back.
+    fn unless_refund(deltas: impl IntoIterator<Item = i64>) -> Self {
+        if deltas.into_iter().all(|d| d >= 0) {
+            Self::Safe
+        } else {
+            Self::Never
+        }
+    }
+}
+
 /// Why Redis did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
@@ -220,10 +239,9 @@ pub struct SharedAdmission {
 pub struct RedisLimits {
     client: redis::Client,
     manager: redis::aio::ConnectionManagerConfig,
-    /// Names this instance's connections among a thread's.
-    id: u64,
-    /// Alive as long as this instance: a thread forgets the connections
-    /// of instances that are gone.
+    /// Names this instance's connections among a thread's (by address, which
+    /// the threads' weak references keep from being reused), and lets a
+    /// thread forget the connections of instances that are gone.
     alive: Arc<()>,
     prefix: String,
     timeout: Duration,
@@ -257,11 +275,9 @@ impl RedisLimits {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         Ok(Arc::new(Self {
             client,
             manager,
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
             prefix: config.redis_prefix.clone(),
             timeout: config.redis_timeout,
@@ -293,30 +309,32 @@ impl RedisLimits {
     /// This thread's connection, made (lazily: dialled on first use, on
     /// this thread's runtime) the first time the thread asks.
     fn conn(&self) -> Result<ConnectionManager, SharedError> {
-        type Held = Vec<(u64, Weak<()>, ConnectionManager)>;
+        type Held = Vec<(Weak<()>, ConnectionManager)>;
         thread_local! {
             static CONNS: RefCell<Held> = const { RefCell::new(Vec::new()) };
         }
+        let me = Arc::as_ptr(&self.alive);
         CONNS.with_borrow_mut(|conns| {
-            if let Some((_, _, c)) = conns.iter().find(|(id, _, _)| *id == self.id) {
+            if let Some((_, c)) = conns.iter().find(|(alive, _)| alive.as_ptr() == me) {
                 return Ok(c.clone());
             }
-            conns.retain(|(_, alive, _)| alive.strong_count() > 0);
+            conns.retain(|(alive, _)| alive.strong_count() > 0);
             let c =
                 ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone())?;
-            conns.push((self.id, Arc::downgrade(&self.alive), c.clone()));
+            conns.push((Arc::downgrade(&self.alive), c.clone()));
             Ok(c)
         })
     }
 
     /// Runs `f` on this thread's connection within the timeout. If the
     /// connection had broken (Redis went away since this thread last used
-    /// it), `f` runs once more on the connection made in its place: one
-    /// thread's stale connection must not say Redis is down while the
-    /// others find it up. A command cut off as its connection dropped may
-    /// have run before; running it again can only over-count, never let
-    /// more through.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, SharedError>
+    /// it) and `again` is [`Again::Safe`], `f` runs once more on the
+    /// connection made in its place: one thread's stale connection must
+    /// not say Redis is down while the others find it up. A command cut off
+    /// as its connection dropped may have run before, so only commands
+    /// that running twice leaves as they were, or makes tighter, are
+    /// `Safe`; a refund is not.
+    async fn run<T, F, Fut>(&self, again: Again, f: F) -> Result<T, SharedError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -324,7 +342,7 @@ impl RedisLimits {
         let conn = self.conn()?;
         let attempts = async {
             match f(conn.clone()).await {
-                Err(e) if is_broken(&e) => f(conn).await,
+                Err(e) if again == Again::Safe && is_broken(&e) => f(conn).await,
                 r => r,
             }
         };
@@ -336,9 +354,11 @@ impl RedisLimits {
 
     /// Whether Redis answers.
     pub async fn ping(&self) -> Result<(), SharedError> {
-        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .map(drop)
+        self.run(Again::Safe, |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(drop)
     }
 
     /// Checks every limit and budget in `limits` for a request reserving
@@ -414,7 +434,9 @@ impl RedisLimits {
         }
         let inv = &inv;
         let out: Vec<i64> = self
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .run(Again::Safe, |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
             .await?;
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         let n = |v: i64| u32::try_from(v).unwrap_or(0);
@@ -502,9 +524,11 @@ impl RedisLimits {
             inv.key(k).arg(*tpm);
         }
         let inv = &inv;
-        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-            .await
-            .map(drop)
+        self.run(Again::unless_refund([delta]), |mut c| async move {
+            inv.invoke_async::<i64>(&mut c).await
+        })
+        .await
+        .map(drop)
     }
 
     /// Gives a request's concurrency slots back.
@@ -517,8 +541,10 @@ impl RedisLimits {
             pipe.zrem(k, member).ignore();
         }
         let pipe = &pipe;
-        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-            .await
+        self.run(Again::Safe, |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
     }
 
     /// Adds `delta` to this gateway's share of the budget periods `keys`
@@ -541,8 +567,15 @@ impl RedisLimits {
             pipe.sadd(&index, k).ignore();
         }
         let pipe = &pipe;
-        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-            .await
+        self.run(
+            Again::unless_refund(
+                changes
+                    .iter()
+                    .flat_map(|(_, d, _)| [d.tokens, nanos(d.cost)]),
+            ),
+            |mut c| async move { pipe.query_async::<()>(&mut c).await },
+        )
+        .await
     }
 
     /// The Redis key of each budget period, with how long it is kept.
@@ -570,9 +603,11 @@ impl RedisLimits {
                 .arg(ttl(&k.2));
         }
         let inv = &inv;
-        self.run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-            .await
-            .map(drop)
+        self.run(Again::Safe, |mut c| async move {
+            inv.invoke_async::<i64>(&mut c).await
+        })
+        .await
+        .map(drop)
     }
 
     /// This gateway's and every gateway's spending in the budget period
@@ -581,7 +616,10 @@ impl RedisLimits {
         let cmd = redis::cmd("HGETALL").arg(self.budget_key(key)).to_owned();
         let cmd = &cmd;
         let fields: Vec<(String, i64)> = self
-            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .run(
+                Again::Safe,
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
             .await?;
         let (mut t, mut c) = (0i64, 0i64);
         for (f, v) in fields {
@@ -592,5 +630,17 @@ impl RedisLimits {
             }
         }
         Ok((t, c as f64 / 1e9))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_commands_that_give_nothing_back_are_sent_again() {
+        assert_eq!(Again::unless_refund([]), Again::Safe);
+        assert_eq!(Again::unless_refund([0, 250]), Again::Safe);
+        assert_eq!(Again::unless_refund([250, -1]), Again::Never);
     }
 }

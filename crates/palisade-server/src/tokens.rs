@@ -474,17 +474,21 @@ mod tests {
             .len() as u64
     }
 
-    /// Two different slices of one length never share a short key: the
-    /// key covers every byte.
-    #[test]
-    fn short_keys_tell_every_slice_of_a_length_apart() {
-        let mut seed = 0x2545f4914f6cdd1du64;
-        let mut next = move || {
+    /// A small deterministic generator for the randomized tests.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
-        };
+        }
+    }
+
+    /// Two different slices of one length never share a short key: the
+    /// key covers every byte.
+    #[test]
+    fn short_keys_tell_every_slice_of_a_length_apart() {
+        let mut next = xorshift(0x2545f4914f6cdd1d);
         for len in 1..=SHORT {
             let mut seen: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
             for _ in 0..3000 {
@@ -530,13 +534,7 @@ mod tests {
                 .chars()
                 .collect();
         let ascii = alphabet.iter().take_while(|c| c.is_ascii()).count();
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e3779b97f4a7c15);
         for _ in 0..20_000 {
             let len = (next() % 24) as usize;
             let text: String = (0..len)
