@@ -7,13 +7,16 @@ the same binary and inputs whatever else the machine is doing.
     python3 benchmarks/profile.py cpu --scenario full # the full compliance pipeline
     python3 benchmarks/profile.py cpu --scenario limits   # limits.py's prompt, limits in memory
     python3 benchmarks/profile.py cpu --scenario prompt   # the same prompt, limits off
+    python3 benchmarks/profile.py cpu --scenario limits --new-text   # a new prompt every request
     python3 benchmarks/profile.py streams             # heap held per open stream (massif)
 
 cpu: builds `--profile profiling` (release code with line tables), runs the
 gateway under callgrind, warms it with 50 requests, zeroes the counters,
 sends --requests chat requests one after another over one connection, and
 prints the instructions per request and the functions that account for
-them (inclusive and self), from callgrind_annotate. The raw output stays in
+them (inclusive and self), from callgrind_annotate. With --new-text (prompt
+and limits) every request's message is led by a counter and a random
+number, as in limits.py's new-text body, so no count is remembered. The raw output stays in
 benchmarks/results/callgrind.<scenario>.out for kcachegrind.
 
 streams: runs the gateway under massif, opens --streams streaming requests
@@ -25,7 +28,9 @@ it (ms_print's peak snapshot), raw output in benchmarks/results/massif.out.
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -50,6 +55,13 @@ def chat(conn, key, body):
         sys.exit(f"gateway answered {r.status}")
 
 
+def fresh(body, n):
+    """`body` with its message led by a counter and a random number."""
+    led = body.replace('"content": "', f'"content": "Ticket {n}-{random.randrange(10**9)}. ', 1)
+    assert led != body, "the body has no message content to lead"
+    return led
+
+
 def start_mock(work, procs):
     ready = work / "mock.json"
     mock = subprocess.Popen([BIN, "mock", "--listen", "127.0.0.1:0", "--ready-file", ready],
@@ -60,11 +72,14 @@ def start_mock(work, procs):
 
 def cpu(args, work, procs):
     mock = start_mock(work, procs)
-    out = RESULTS / f"callgrind.{args.scenario}.out"
+    name = args.scenario + ("-new-text" if args.new_text else "")
+    out = RESULTS / f"callgrind.{name}.out"
     raw = work / "callgrind.raw"
     wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={raw}"]
     durability, extra, body = ("relaxed", "", json.dumps(
         {"model": "bench", "messages": [{"role": "user", "content": "Hello, how are you today?"}]}))
+    if args.new_text and args.scenario not in ("prompt", "limits"):
+        sys.exit("--new-text goes with --scenario prompt or limits")
     if args.scenario == "full":
         durability, extra = "strict", LIMITS
         body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
@@ -77,13 +92,14 @@ def cpu(args, work, procs):
                                   wrap=wrap, binary=PROFILING_BIN)
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    bodies = (fresh(body, n) for n in itertools.count()) if args.new_text else itertools.repeat(body)
     for _ in range(50):
-        chat(conn, key, body)
+        chat(conn, key, next(bodies))
     # Count the measured requests only: instrumentation on, then off, and
     # the counts written when the gateway stops.
     subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], check=True, capture_output=True)
     for _ in range(args.requests):
-        chat(conn, key, body)
+        chat(conn, key, next(bodies))
     subprocess.run(["callgrind_control", "-i", "off", str(gw.pid)], check=True, capture_output=True)
     conn.close()
     stop([gw], work / "none")
@@ -95,7 +111,7 @@ def cpu(args, work, procs):
         lines = text.splitlines()
         total = next((int(l.split()[0].replace(",", "")) for l in lines if "PROGRAM TOTALS" in l), None)
         if ann == "inclusive":
-            print(f"{args.scenario}: {total:,} instructions in {args.requests} requests = "
+            print(f"{name}: {total:,} instructions in {args.requests} requests = "
                   f"{total // args.requests:,} per request (callgrind, {out})")
         print(f"\n== top functions, {ann} ==")
         rows = [l for l in lines if l.strip() and l.lstrip()[0].isdigit() and "PROGRAM TOTALS" not in l]
@@ -142,6 +158,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["cpu", "streams"])
     ap.add_argument("--scenario", choices=["minimal", "full", "prompt", "limits"], default="minimal")
+    ap.add_argument("--new-text", action="store_true", help="a new prompt every request")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--streams", type=int, default=500)
     ap.add_argument("--top", type=int, default=40)

@@ -2,17 +2,17 @@
 //!
 //! OpenAI-kind providers are counted with OpenAI's `o200k_base` encoding,
 //! exactly as `tiktoken` counts it. The ranks are compiled in (1.6 MB,
-//! about 7 MB of table once the first count needs them); the counting is
+//! about 6 MB of tables once the first count needs them); the counting is
 //! Palisade's, because the reference pre-tokenizer is a backtracking regex
 //! (~9 MB/s) and `tiktoken-rs`'s encoder holds its ranks three times over
 //! (~40 MB): here the same split is made in one forward pass — where
-//! only ASCII decides a cut, directly; elsewhere by the pattern compiled
-//! to a lazily built DFA — with the one construct a DFA lacks,
-//! `\s+(?!\S)` (a run of whitespace not followed by a non-space), done by
-//! hand, and each piece is looked up whole before it is merged pair by
-//! pair. The unit tests hold the count equal to `tiktoken-rs` over prose,
-//! code, other scripts and random text, and the ASCII cuts equal the
-//! DFA's.
+//! only ASCII decides a cut, directly, one table look-up a byte; elsewhere
+//! by the pattern compiled to a lazily built DFA — with the one construct
+//! a DFA lacks, `\s+(?!\S)` (a run of whitespace not followed by a
+//! non-space), done by hand, and each piece is looked up whole before it
+//! is merged pair by pair. The unit tests hold the count equal to
+//! `tiktoken-rs` over prose, code, other scripts and random text, and the
+//! ASCII cuts equal the DFA's.
 //!
 //! Other providers' tokenizers are not public: their prompts are estimated
 //! at one token per four bytes. Either way the reservation is settled
@@ -56,37 +56,130 @@ const MAX_PIECE: usize = 256;
 /// The ranks of tokens longer than [`SHORT`] bytes, by their bytes.
 type LongRanks = HashMap<&'static [u8], u32, BuildHasherDefault<FxHasher>>;
 
-/// The ranks of tokens of one length up to [`SHORT`] bytes, keyed by
-/// [`short_key`]: two integers compared and hashed directly, where a
-/// byte-slice key costs a `memcmp` call per look-up.
+/// The ranks of tokens of one length from [`TINY`] + 1 to [`SHORT`]
+/// bytes, keyed by [`short_key`]: two integers compared and hashed
+/// directly, where a byte-slice key costs a `memcmp` call per look-up.
 type ShortRanks = HashMap<(u64, u64), u32, BuildHasherDefault<FxHasher>>;
 
 /// The longest token kept in [`ShortRanks`]; nearly all of them are.
 const SHORT: usize = 16;
 
-/// `b` (1 to [`SHORT`] bytes) as two integers, unique among slices of its
-/// length: its first and last 8 bytes (overlapping when shorter than 16),
-/// or 4, or for 1–3 bytes its first, middle and last byte.
+/// The longest token kept in [`TinyRanks`]: three in four of them, and
+/// most of the pieces prose is cut into.
+const TINY: usize = 8;
+
+/// `b` (9 to [`SHORT`] bytes) as two integers, unique among slices of its
+/// length: its first and last 8 bytes, overlapping.
+#[inline(always)]
 fn short_key(b: &[u8]) -> (u64, u64) {
-    if let (Some(first), Some(last)) = (b.first_chunk::<8>(), b.last_chunk::<8>()) {
-        return (u64::from_le_bytes(*first), u64::from_le_bytes(*last));
+    match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        (Some(first), Some(last)) => (u64::from_le_bytes(*first), u64::from_le_bytes(*last)),
+        _ => (tiny_key(b), 0),
+    }
+}
+
+/// `b` (up to [`TINY`] bytes) as one integer: its bytes, little-endian,
+/// read in at most two loads.
+#[inline(always)]
+fn tiny_key(b: &[u8]) -> u64 {
+    if let Some(all) = b.first_chunk::<8>() {
+        return u64::from_le_bytes(*all);
     }
     if let (Some(first), Some(last)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
-        return (
-            u64::from(u32::from_le_bytes(*first)),
-            u64::from(u32::from_le_bytes(*last)),
-        );
+        // The last four overlap the first where shorter than 8; the
+        // shared bytes are the same on both sides.
+        let (first, last) = (u32::from_le_bytes(*first), u32::from_le_bytes(*last));
+        return u64::from(first) | u64::from(last) << ((b.len() - 4) * 8);
     }
     let at = |i: usize| u64::from(b.get(i).copied().unwrap_or(0));
-    (
-        at(0) | at(b.len() / 2) << 8 | at(b.len().saturating_sub(1)) << 16,
-        0,
-    )
+    let (mid, end) = (b.len() / 2, b.len().saturating_sub(1));
+    at(0) | at(mid) << (mid * 8) | at(end) << (end * 8)
+}
+
+/// The ranks of tokens of up to [`TINY`] bytes in one open-addressed
+/// table (linear probing, about half full): a look-up is a multiply, a
+/// load and a compare or two.
+struct TinyRanks {
+    slots: Box<[TinySlot]>,
+    /// 64 less the table's size in bits: the hash's top bits pick a slot.
+    shift: u32,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct TinySlot {
+    key: u64,
+    /// The rank in the low 24 bits, the token's length above; 0: empty.
+    meta: u32,
+}
+
+impl TinyRanks {
+    /// Room for 2^18 tokens; `o200k_base` has 148,310 of up to 8 bytes.
+    const BITS: u32 = 18;
+
+    fn new() -> Self {
+        Self {
+            slots: vec![TinySlot::default(); 1 << Self::BITS].into_boxed_slice(),
+            shift: 64 - Self::BITS,
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn slot(&self, key: u64, len: usize) -> usize {
+        // A folded multiply: every bit of the key reaches the top bits.
+        let p = u128::from(key ^ (len as u64).rotate_right(4)) * 0x9e37_79b9_7f4a_7c15;
+        ((p as u64 ^ (p >> 64) as u64) >> self.shift) as usize
+    }
+
+    /// `false` if the table is full or the token was there already.
+    fn insert(&mut self, token: &[u8], rank: u32) -> bool {
+        if token.is_empty()
+            || token.len() > TINY
+            || rank >= 1 << 24
+            || self.len * 4 >= self.slots.len() * 3
+        {
+            return false;
+        }
+        let (key, meta) = (tiny_key(token), rank | (token.len() as u32) << 24);
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(key, token.len());
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.meta == 0 {
+                *slot = TinySlot { key, meta };
+                self.len += 1;
+                return true;
+            }
+            if slot.key == key && slot.meta >> 24 == meta >> 24 {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, piece: &[u8]) -> Option<u32> {
+        let (key, len) = (tiny_key(piece), piece.len() as u32);
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(key, piece.len());
+        loop {
+            let slot = self.slots[i];
+            if slot.meta == 0 {
+                return None;
+            }
+            if slot.key == key && slot.meta >> 24 == len {
+                return Some(slot.meta & 0xff_ffff);
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// Every rank, by the token's bytes.
 struct Ranks {
-    /// Index: the token's length.
+    tiny: TinyRanks,
+    /// Index: the token's length less [`TINY`] + 1.
     short: Vec<ShortRanks>,
     long: LongRanks,
 }
@@ -94,28 +187,35 @@ struct Ranks {
 impl Ranks {
     fn new() -> Self {
         Self {
-            short: (0..=SHORT).map(|_| ShortRanks::default()).collect(),
+            tiny: TinyRanks::new(),
+            short: (TINY + 1..=SHORT).map(|_| ShortRanks::default()).collect(),
             long: LongRanks::default(),
         }
     }
 
-    fn insert(&mut self, token: &'static [u8], rank: u32) {
-        match self.short.get_mut(token.len()) {
-            Some(map) => map.insert(short_key(token), rank),
-            None => self.long.insert(token, rank),
-        };
+    /// `false` if the token was there already (or the tiny table is full).
+    fn insert(&mut self, token: &'static [u8], rank: u32) -> bool {
+        match token.len() {
+            0..=TINY => self.tiny.insert(token, rank),
+            n @ ..=SHORT => self.short[n - TINY - 1]
+                .insert(short_key(token), rank)
+                .is_none(),
+            _ => self.long.insert(token, rank).is_none(),
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn get(&self, piece: &[u8]) -> Option<u32> {
-        match self.short.get(piece.len()) {
-            Some(map) => map.get(&short_key(piece)).copied(),
-            None => self.long.get(piece).copied(),
+        match piece.len() {
+            0 => None,
+            1..=TINY => self.tiny.get(piece),
+            n @ ..=SHORT => self.short[n - TINY - 1].get(&short_key(piece)).copied(),
+            _ => self.long.get(piece).copied(),
         }
     }
 
     fn len(&self) -> usize {
-        self.long.len() + self.short.iter().map(HashMap::len).sum::<usize>()
+        self.tiny.len + self.long.len() + self.short.iter().map(HashMap::len).sum::<usize>()
     }
 }
 
@@ -159,7 +259,9 @@ impl Encoding {
                 .split_at_checked(usize::from(len))
                 .ok_or("the o200k_base ranks are truncated")?;
             let rank = u32::try_from(next).map_err(|e| e.to_string())?;
-            ranks.insert(token, rank);
+            if !ranks.insert(token, rank) {
+                return Err(format!("o200k_base rank {rank} did not land"));
+            }
             next += 1;
             rest = tail;
         }
@@ -196,6 +298,7 @@ impl Encoding {
 
     /// `ascii`: take [`ascii_piece_end`]'s answer where it has one (the
     /// tests turn it off to compare).
+    #[inline(always)]
     fn pieces_with<'t>(
         &self,
         cache: &mut Cache,
@@ -203,38 +306,46 @@ impl Encoding {
         each: &mut impl FnMut(&'t [u8]),
         ascii: bool,
     ) {
+        let bytes = text.as_bytes();
         let mut at = 0;
         let mut start = None;
-        while at < text.len() {
-            let found = match ascii
-                .then(|| ascii_piece_end(text.as_bytes(), at))
-                .flatten()
-            {
-                Some(end) => Some(end),
-                None => self.piece_end(cache, &mut start, text.as_bytes(), at),
+        while at < bytes.len() {
+            let end = match ascii.then(|| ascii_piece_end(bytes, at)).flatten() {
+                Some(end) => end,
+                None => self.wide_piece_end(cache, &mut start, text, at),
             };
-            let mut end = match found {
-                Some(end) if end > at => end,
-                // Every character begins a piece; should the search ever
-                // fail, the character stands alone.
-                _ => at + text[at..].chars().next().map_or(1, char::len_utf8),
-            };
-            let piece = &text[at..end];
-            // `\s+(?!\S)`: a run of whitespace followed by a non-space
-            // gives up its last character, which then leads the next piece.
-            if end < text.len()
-                && end - at > 1
-                && !piece.as_bytes()[0].is_ascii_graphic()
-                && piece.chars().all(char::is_whitespace)
-                && !piece.contains(['\r', '\n'])
-                && piece.chars().nth(1).is_some()
-            {
-                let last = piece.chars().next_back().map_or(0, char::len_utf8);
-                end -= last;
-            }
-            each(&text.as_bytes()[at..end]);
+            each(&bytes[at..end]);
             at = end;
         }
+    }
+
+    /// Where the piece that begins at `at` ends, by the pattern, with its
+    /// look-ahead: the way for text [`ascii_piece_end`] cannot cut.
+    #[inline(never)]
+    fn wide_piece_end(
+        &self,
+        cache: &mut Cache,
+        start: &mut Option<(usize, LazyStateID)>,
+        text: &str,
+        at: usize,
+    ) -> usize {
+        let mut end = match self.piece_end(cache, start, text.as_bytes(), at) {
+            Some(end) if end > at => end,
+            // Every character begins a piece; should the search ever
+            // fail, the character stands alone.
+            _ => at + text[at..].chars().next().map_or(1, char::len_utf8),
+        };
+        let piece = &text[at..end];
+        // `\s+(?!\S)`: a run of whitespace followed by a non-space
+        // gives up its last character, which then leads the next piece.
+        if end < text.len()
+            && piece.chars().all(char::is_whitespace)
+            && !piece.contains(['\r', '\n'])
+            && piece.chars().nth(1).is_some()
+        {
+            end -= piece.chars().next_back().map_or(0, char::len_utf8);
+        }
+        end
     }
 
     /// Where the piece that begins at `at` ends: the DFA walked byte by
@@ -277,35 +388,101 @@ impl Encoding {
         end
     }
 
-    /// Tokens in one piece: looked up whole, else merged pair by pair,
-    /// lowest rank first, as byte-pair encoding does.
+    /// Tokens in one piece: looked up whole (most are one token), else
+    /// merged.
+    #[inline(always)]
     fn piece_tokens(&self, piece: &[u8]) -> u64 {
         if piece.len() <= 1 || self.ranks.get(piece).is_some() {
-            return piece.len().min(1) as u64;
+            piece.len().min(1) as u64
+        } else {
+            self.merged_tokens(piece)
         }
+    }
+
+    /// Tokens in a piece that is no token itself: merged pair by pair,
+    /// lowest rank first, as byte-pair encoding does.
+    #[inline(never)]
+    fn merged_tokens(&self, piece: &[u8]) -> u64 {
         if piece.len() > MAX_PIECE {
             return piece.chunks(MAX_PIECE).map(|c| self.piece_tokens(c)).sum();
         }
-        let rank = |a: usize, b: usize| self.ranks.get(&piece[a..b]).unwrap_or(u32::MAX);
-        // `starts[i]` begins part i; `pair[i]` ranks parts i and i+1 merged.
-        let mut starts: Vec<usize> = (0..=piece.len()).collect();
-        let mut pair: Vec<u32> = (0..piece.len() - 1).map(|i| rank(i, i + 2)).collect();
-        while let Some((i, &r)) = pair.iter().enumerate().min_by_key(|(_, r)| **r) {
+        let ranks = &self.ranks;
+        #[inline(always)]
+        fn of(ranks: &Ranks, piece: &[u8], a: u16, b: u16) -> u32 {
+            let part = piece
+                .get(usize::from(a)..usize::from(b))
+                .unwrap_or_default();
+            ranks.get(part).unwrap_or(u32::MAX)
+        }
+        let rank = |a: u16, b: u16| of(ranks, piece, a, b);
+        // `starts[i]` begins part i of `parts`; `pair[i]` ranks parts i and
+        // i+1 merged. On the stack: no allocation per piece.
+        let mut parts = piece.len();
+        let mut starts = [0u16; MAX_PIECE + 1];
+        let mut pair = [u32::MAX; MAX_PIECE];
+        for (i, (s, n)) in starts.iter_mut().zip(0u16..).take(parts + 1).enumerate() {
+            *s = n;
+            if i + 1 < parts {
+                pair[i] = rank(n, n + 2);
+            }
+        }
+        while let Some((i, &r)) = pair[..parts - 1]
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, r)| **r)
+        {
             if r == u32::MAX {
                 break;
             }
-            starts.remove(i + 1);
-            pair.remove(i);
-            if i + 2 < starts.len() {
+            // Part i+1 joins part i.
+            starts.copy_within(i + 2..=parts, i + 1);
+            pair.copy_within(i + 1..parts - 1, i);
+            parts -= 1;
+            if i + 1 < parts {
                 pair[i] = rank(starts[i], starts[i + 2]);
             }
             if i > 0 {
                 pair[i - 1] = rank(starts[i - 1], starts[i + 1]);
             }
         }
-        (starts.len() - 1) as u64
+        parts as u64
     }
 }
+
+/// The classes of bytes [`ascii_piece_end`] tells apart, one bit each.
+const UPPER: u8 = 1;
+const LOWER: u8 = 2;
+const DIGIT: u8 = 4;
+/// Space, tab, vertical tab, form feed.
+const BLANK: u8 = 8;
+/// CR, LF.
+const NEWLINE: u8 = 16;
+/// Any other ASCII byte: punctuation, symbols, control characters.
+const SYMBOL: u8 = 32;
+/// A byte of a character that is not ASCII.
+const WIDE: u8 = 64;
+/// Past the end of the text.
+const END: u8 = 128;
+const LETTER: u8 = UPPER | LOWER;
+
+/// Each byte's class.
+static CLASS: [u8; 256] = {
+    let mut table = [SYMBOL; 256];
+    let mut c = 0;
+    while c < table.len() {
+        table[c] = match c as u8 {
+            b'A'..=b'Z' => UPPER,
+            b'a'..=b'z' => LOWER,
+            b'0'..=b'9' => DIGIT,
+            b' ' | b'\t' | 0x0b | 0x0c => BLANK,
+            b'\r' | b'\n' => NEWLINE,
+            0x80.. => WIDE,
+            _ => SYMBOL,
+        };
+        c += 1;
+    }
+    table
+};
 
 /// The end of the piece of the `o200k_base` pre-tokenizer (without its
 /// look-ahead alternative) that begins at `i`, worked out directly where
@@ -320,38 +497,49 @@ impl Encoding {
 /// 3. one to three digits;
 /// 4. an optional space, symbols, then CRs, LFs (and `/`);
 /// 5. whitespace up to and including its last CR or LF;
-/// 6. whitespace (the look-ahead is the caller's).
+/// 6. whitespace; with the look-ahead `\s+(?!\S)`, a run of two or more
+///    followed by a non-space gives up its last character to the next
+///    piece.
+///
+/// One table look-up per byte: a run ends at the first byte outside its
+/// classes, and a run that ends at a byte of a wider character is left to
+/// the pattern (that character could belong to the run).
+#[inline(always)]
 fn ascii_piece_end(b: &[u8], i: usize) -> Option<usize> {
-    // `None`: not ASCII; `Some(None)`: the end of the text.
-    let at = |k: usize| match b.get(k) {
-        Some(&c) if c >= 0x80 => None,
-        c => Some(c.copied()),
+    let class = |k: usize| b.get(k).map_or(END, |&c| CLASS[usize::from(c)]);
+    // The first byte from `k` on whose class is not in `set`.
+    let skip = |mut k: usize, set: u8| loop {
+        match class(k) {
+            c if c & set != 0 => k += 1,
+            WIDE => return None,
+            _ => return Some(k),
+        }
     };
-    let is_ws = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
-    let is_symbol = |c: u8| !is_ws(c) && !c.is_ascii_alphanumeric();
-    let c = at(i)??;
-    let next = at(i + 1);
-    let letter_at = if c.is_ascii_alphabetic() {
+    let c = class(i);
+    if c & (WIDE | END) != 0 {
+        return None;
+    }
+    let next = class(i + 1);
+    let letters_at = if c & LETTER != 0 {
         Some(i)
-    } else if c != b'\r' && c != b'\n' && !c.is_ascii_digit() {
-        // A leading `P`, if a letter follows; not-ASCII next could be one.
-        match next? {
-            Some(n) if n.is_ascii_alphabetic() => Some(i + 1),
+    } else if c & (BLANK | SYMBOL) != 0 {
+        // A leading `P`, if a letter follows; a wide character could be one.
+        match next {
+            WIDE => return None,
+            n if n & LETTER != 0 => Some(i + 1),
             _ => None,
         }
     } else {
         None
     };
-    if let Some(j) = letter_at {
-        let mut k = j;
-        while at(k)?.is_some_and(|c| c.is_ascii_uppercase()) {
-            k += 1;
-        }
-        while at(k)?.is_some_and(|c| c.is_ascii_lowercase()) {
-            k += 1;
-        }
-        if at(k)? == Some(b'\'') {
-            let lower = |k: usize| at(k).map(|c| c.map(|c| c.to_ascii_lowercase()));
+    if let Some(j) = letters_at {
+        let k = skip(skip(j, UPPER)?, LOWER)?;
+        if b.get(k) == Some(&b'\'') {
+            // `None`: not ASCII; `Some(None)`: the end of the text.
+            let lower = |k: usize| match b.get(k) {
+                Some(&c) if c >= 0x80 => None,
+                c => Some(c.map(u8::to_ascii_lowercase)),
+            };
             match lower(k + 1)? {
                 Some(b's' | b't' | b'm' | b'd') => return Some(k + 2),
                 Some(b'r') if lower(k + 2)? == Some(b'e') => return Some(k + 3),
@@ -362,40 +550,51 @@ fn ascii_piece_end(b: &[u8], i: usize) -> Option<usize> {
         }
         return Some(k);
     }
-    if c.is_ascii_digit() {
+    if c == DIGIT {
         let mut k = i + 1;
-        while k < i + 3 && at(k)?.is_some_and(|c| c.is_ascii_digit()) {
-            k += 1;
+        while k < i + 3 {
+            match class(k) {
+                DIGIT => k += 1,
+                WIDE => return None,
+                _ => break,
+            }
         }
         return Some(k);
     }
-    let symbols_at = if is_symbol(c) {
+    let symbols_at = if c == SYMBOL {
         Some(i)
-    } else if c == b' ' && next?.is_some_and(is_symbol) {
+    } else if b[i] == b' ' && next == SYMBOL {
         Some(i + 1)
     } else {
         None
     };
     if let Some(j) = symbols_at {
-        let mut k = j;
-        while at(k)?.is_some_and(is_symbol) {
-            k += 1;
-        }
+        let mut k = skip(j, SYMBOL)?;
         while matches!(b.get(k), Some(b'\r' | b'\n' | b'/')) {
             k += 1;
         }
         return Some(k);
     }
-    // Whitespace: the whole run (a not-ASCII space could continue it).
+    // Whitespace: the whole run (a wide space could continue it), up to
+    // and including its last CR or LF if it has one; without one, less its
+    // last character if two or more come before a non-space.
     let mut k = i;
     let mut last_newline = None;
-    while let Some(c) = at(k)?.filter(|c| is_ws(*c)) {
-        if c == b'\r' || c == b'\n' {
-            last_newline = Some(k);
+    loop {
+        match class(k) {
+            BLANK => {}
+            NEWLINE => last_newline = Some(k),
+            WIDE => return None,
+            END => return Some(last_newline.map_or(k, |n| n + 1)),
+            _ => break,
         }
         k += 1;
     }
-    Some(last_newline.map_or(k, |n| n + 1))
+    Some(match last_newline {
+        Some(n) => n + 1,
+        None if k - i > 1 => k - 1,
+        None => k,
+    })
 }
 
 /// Tokens in `text` under `o200k_base`.
@@ -484,8 +683,8 @@ mod tests {
         }
     }
 
-    /// Two different slices of one length never share a short key: the
-    /// key covers every byte.
+    /// Two different slices of one length never share a key: the key
+    /// covers every byte.
     #[test]
     fn short_keys_tell_every_slice_of_a_length_apart() {
         let mut next = xorshift(0x2545f4914f6cdd1d);
@@ -496,7 +695,12 @@ mod tests {
                 let b: Vec<u8> = (0..len)
                     .map(|_| b"ab\xff\0"[(next() % 4) as usize])
                     .collect();
-                let earlier = seen.entry(short_key(&b)).or_insert_with(|| b.clone());
+                let key = if len <= TINY {
+                    (tiny_key(&b), 0)
+                } else {
+                    short_key(&b)
+                };
+                let earlier = seen.entry(key).or_insert_with(|| b.clone());
                 assert_eq!(*earlier, b, "length {len}");
             }
         }
@@ -510,6 +714,24 @@ mod tests {
         for rank in (0..RANKS).step_by(97).chain([RANKS - 1]) {
             let bytes: Vec<u8> = bpe._decode_native_and_split(vec![rank]).flatten().collect();
             assert_eq!(e.ranks.get(bytes.as_slice()), Some(rank), "rank {rank}");
+        }
+        // Every token finds its own rank, whichever table holds it.
+        let (mut rest, mut rank) = (O200K, 0);
+        while let Some((&len, tail)) = rest.split_first() {
+            let (token, tail) = tail.split_at(usize::from(len));
+            assert_eq!(e.ranks.get(token), Some(rank), "{token:?}");
+            (rest, rank) = (tail, rank + 1);
+        }
+        assert_eq!(rank, RANKS);
+        // Slices that are no token find none, in each table.
+        for missing in [
+            &b"\xff\xfe"[..],
+            b"zzqxj",
+            b"qqqqqqqq",
+            b"zzqxjzzqxjzz",
+            &[0xff; 20],
+        ] {
+            assert_eq!(e.ranks.get(missing), None, "{missing:?}");
         }
     }
 
