@@ -23,7 +23,7 @@ With --baseline, two more gateways run another build of palisade (limits
 off and in memory), interleaved with the others, so that a change's effect
 is measured against the build before it in the same run.
 
-Needs wrk; the Redis scenario needs a Redis (default the local one) and is
+Needs wrk (installed from Debian's packages when missing if run as root); the Redis scenario needs a Redis (default the local one) and is
 left out, saying so, if it does not answer. Writes
 benchmarks/results/limits.json.
 """

@@ -10,7 +10,7 @@ hits both alike. Reports median p50/p90/p99 per scenario, the added latency
     python3 benchmarks/overhead.py                 # full run (~2.5 min)
     python3 benchmarks/overhead.py --smoke         # a few seconds, proves the harness
 
-Needs wrk (Debian package `wrk`). Writes benchmarks/results/overhead.json.
+Needs wrk (Debian package `wrk`; installed when missing if run as root). Writes benchmarks/results/overhead.json.
 """
 
 import argparse
@@ -119,13 +119,26 @@ def ttfb(addr, key, n):
     return sorted(times)
 
 
+def ensure_wrk():
+    """Installs wrk from Debian's packages if it is missing and this is root
+    on a machine with apt-get; otherwise says how to get it."""
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (Debian's package)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+        return
+    sys.exit("wrk not found: apt-get install wrk")
+
+
 def prepare(args, prefix):
-    """Checks for wrk, builds the release binary, makes a work directory and
+    """Installs wrk if missing, builds the release binary, makes a work directory and
     starts the mock provider in it. Returns (work, procs, mock address)."""
     if args.smoke:
         args.seconds, args.rounds = 1, 1
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install wrk")
+    ensure_wrk()
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "palisade"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix=prefix))
     mock_ready = work / "mock.json"

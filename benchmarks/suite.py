@@ -53,7 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
-from overhead import BIN, ROOT, rss_kib, start_gateway, stop, ttfb, wait_file  # noqa: E402
+from overhead import BIN, ROOT, ensure_wrk, rss_kib, start_gateway, stop, ttfb, wait_file  # noqa: E402
 
 # A 3 KiB support ticket with the PII a real one carries.
 PII = (
@@ -93,18 +93,6 @@ limits = { rpm = 100000000, tpm = 4000000000, concurrency = 10000, daily_tokens 
 [tenants.dlp]
 default_action = "tokenize"
 """
-
-
-def ensure_wrk():
-    if shutil.which("wrk"):
-        return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing wrk (Debian's package)")
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
-        return
-    sys.exit("wrk not found: apt-get install wrk")
 
 
 def run_wrk(url, script, conns, seconds):
