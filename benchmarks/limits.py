@@ -18,6 +18,7 @@ afresh).
     python3 benchmarks/limits.py --smoke          # a few seconds
     python3 benchmarks/limits.py --redis redis://127.0.0.1:6379/0
     python3 benchmarks/limits.py --baseline /tmp/palisade-before   # A/B
+    python3 benchmarks/limits.py --instances 3    # three gateways per variant
 
 With --baseline, two more gateways run another build of palisade (limits
 off and in memory), interleaved with the others, so that a change's effect
@@ -95,6 +96,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--instances", type=int, default=1,
+                    help="gateway processes per variant, their runs pooled")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "limits.json"))
     ap.add_argument("--baseline", help="another palisade binary, run with limits off and in memory too")
@@ -113,35 +116,41 @@ def main():
             for name in ("off", "memory"):
                 variants[f"baseline_{name}"] = variants[name]
                 binaries[f"baseline_{name}"] = Path(args.baseline)
+        # Each variant as --instances gateway processes: one process's
+        # luck (where its threads and tables land) is then not the variant's.
         gateways = {}
         for name, extra in variants.items():
-            gw, addr, key = start_gateway(work, name, mock_addr, "relaxed", extra, procs,
-                                          binary=binaries[name])
-            d = work / name
-            body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
-            head, tail = body.split(PROMPT)
-            scripts = {}
-            for kind, text in (("same_text", FIXED.format(body=body, key=key)),
-                               ("new_text", FRESH.format(head=head, tail=PROMPT + tail, key=key))):
-                p = d / f"{kind}.lua"
-                p.write_text(text)
-                scripts[kind] = p
-            gateways[name] = (gw, f"http://{addr}/v1/chat/completions", scripts)
+            for i in range(args.instances):
+                dir_name = name if i == 0 else f"{name}-{i}"
+                gw, addr, key = start_gateway(work, dir_name, mock_addr, "relaxed", extra, procs,
+                                              binary=binaries[name])
+                d = work / dir_name
+                body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}]})
+                head, tail = body.split(PROMPT)
+                scripts = {}
+                for kind, text in (("same_text", FIXED.format(body=body, key=key)),
+                                   ("new_text", FRESH.format(head=head, tail=PROMPT + tail, key=key))):
+                    p = d / f"{kind}.lua"
+                    p.write_text(text)
+                    scripts[kind] = p
+                gateways.setdefault(name, []).append((gw, f"http://{addr}/v1/chat/completions", scripts))
 
-        for gw, url, scripts in gateways.values():
-            for s in scripts.values():
-                wrk(url, s, 4, 1)
+        for instances in gateways.values():
+            for gw, url, scripts in instances:
+                for s in scripts.values():
+                    wrk(url, s, 4, 1)
 
         runs = {(g, k): [] for g in gateways for k in ("same_text", "new_text")}
         cpu = {key: [0.0, 0] for key in runs}
         for _ in range(args.rounds):
-            for (g, kind) in runs:
-                gw, url, scripts = gateways[g]
-                before = cpu_seconds(gw.pid)
-                r = wrk(url, scripts[kind], args.conns, args.seconds)
-                cpu[(g, kind)][0] += cpu_seconds(gw.pid) - before
-                cpu[(g, kind)][1] += r["requests"]
-                runs[(g, kind)].append(r)
+            for i in range(args.instances):
+                for (g, kind) in runs:
+                    gw, url, scripts = gateways[g][i]
+                    before = cpu_seconds(gw.pid)
+                    r = wrk(url, scripts[kind], args.conns, args.seconds)
+                    cpu[(g, kind)][0] += cpu_seconds(gw.pid) - before
+                    cpu[(g, kind)][1] += r["requests"]
+                    runs[(g, kind)].append(r)
 
         results = {}
         for (g, kind), rs in runs.items():
@@ -158,14 +167,16 @@ def main():
             "concurrency": args.conns,
             "seconds_per_run": args.seconds,
             "rounds": args.rounds,
+            "instances": args.instances,
             "prompt_bytes": len(PROMPT),
-            "rss_mib": {g: rss_kib(v[0].pid) / 1024 for g, v in gateways.items()},
+            "rss_mib": {g: rss_kib(v[0][0].pid) / 1024 for g, v in gateways.items()},
             "results": results,
         }
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
-        print(f"machine: {report['machine']}; c={args.conns}, {args.rounds} rounds x {args.seconds}s, medians; "
+        print(f"machine: {report['machine']}; c={args.conns}, {args.rounds} rounds x {args.instances} "
+              f"gateway(s) per variant x {args.seconds}s, medians; "
               f"{len(PROMPT)}-byte prompt; ledger relaxed")
         print("| body | limits | req/s | vs off | p50 ms | p99 ms | gateway CPU/request |")
         print("|---|---|---|---|---|---|---|")
