@@ -113,6 +113,23 @@ fn admission(c: &mut Criterion) {
             palisade_server::tokens::estimate_prompt(fresh.as_bytes(), true)
         })
     });
+    // Varied text (the README: prose, lists, commands, tables), where the
+    // repeated sentence above meets few distinct words.
+    let readme = include_str!("../../../README.md");
+    let varied = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":{}}}]}}"#,
+        serde_json::to_string(&readme[..readme.len().min(16 * 1024)]).unwrap()
+    );
+    c.bench_function(
+        "estimate a new prompt of up to 16 KiB of varied text (o200k_base)",
+        |b| {
+            b.iter(|| {
+                n += 1;
+                let fresh = varied.replacen("Palisade", &format!("Palisade {n}"), 1);
+                palisade_server::tokens::estimate_prompt(fresh.as_bytes(), true)
+            })
+        },
+    );
 }
 
 /// A routing decision for a PHI tenant limited to the EU over a model with
