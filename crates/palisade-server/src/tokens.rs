@@ -101,8 +101,6 @@ fn tiny_key(b: &[u8]) -> u64 {
 /// load and a compare or two.
 struct TinyRanks {
     slots: Box<[TinySlot]>,
-    /// 64 less the table's size in bits: the hash's top bits pick a slot.
-    shift: u32,
     len: usize,
 }
 
@@ -120,16 +118,26 @@ impl TinyRanks {
     fn new() -> Self {
         Self {
             slots: vec![TinySlot::default(); 1 << Self::BITS].into_boxed_slice(),
-            shift: 64 - Self::BITS,
             len: 0,
         }
     }
 
+    /// The slot that holds the token of `len` bytes whose key is `key`, or
+    /// else the empty slot where it would go (the table is never full:
+    /// [`TinyRanks::insert`] stops at three quarters).
     #[inline(always)]
-    fn slot(&self, key: u64, len: usize) -> usize {
-        // A folded multiply: every bit of the key reaches the top bits.
+    fn position(&self, key: u64, len: usize) -> usize {
+        // A folded multiply: every bit of the key reaches the top bits,
+        // which pick the first slot to look at.
         let p = u128::from(key ^ (len as u64).rotate_right(4)) * 0x9e37_79b9_7f4a_7c15;
-        ((p as u64 ^ (p >> 64) as u64) >> self.shift) as usize
+        let mut i = ((p as u64 ^ (p >> 64) as u64) >> (64 - Self::BITS)) as usize;
+        loop {
+            let slot = self.slots[i];
+            if slot.meta == 0 || (slot.key == key && (slot.meta >> 24) as usize == len) {
+                return i;
+            }
+            i = (i + 1) & (self.slots.len() - 1);
+        }
     }
 
     /// `false` if the table is full or the token was there already.
@@ -141,38 +149,21 @@ impl TinyRanks {
         {
             return false;
         }
-        let (key, meta) = (tiny_key(token), rank | (token.len() as u32) << 24);
-        let mask = self.slots.len() - 1;
-        let mut i = self.slot(key, token.len());
-        loop {
-            let slot = &mut self.slots[i];
-            if slot.meta == 0 {
-                *slot = TinySlot { key, meta };
-                self.len += 1;
-                return true;
-            }
-            if slot.key == key && slot.meta >> 24 == meta >> 24 {
-                return false;
-            }
-            i = (i + 1) & mask;
+        let key = tiny_key(token);
+        let slot = &mut self.slots[self.position(key, token.len())];
+        if slot.meta != 0 {
+            return false;
         }
+        let meta = rank | (token.len() as u32) << 24;
+        *slot = TinySlot { key, meta };
+        self.len += 1;
+        true
     }
 
     #[inline(always)]
     fn get(&self, piece: &[u8]) -> Option<u32> {
-        let (key, len) = (tiny_key(piece), piece.len() as u32);
-        let mask = self.slots.len() - 1;
-        let mut i = self.slot(key, piece.len());
-        loop {
-            let slot = self.slots[i];
-            if slot.meta == 0 {
-                return None;
-            }
-            if slot.key == key && slot.meta >> 24 == len {
-                return Some(slot.meta & 0xff_ffff);
-            }
-            i = (i + 1) & mask;
-        }
+        let slot = self.slots[self.position(tiny_key(piece), piece.len())];
+        (slot.meta != 0).then_some(slot.meta & 0xff_ffff)
     }
 }
 
@@ -407,6 +398,8 @@ impl Encoding {
             return piece.chunks(MAX_PIECE).map(|c| self.piece_tokens(c)).sum();
         }
         let ranks = &self.ranks;
+        // A function rather than a closure so that it can be inlined by
+        // demand: a rank look-up per pair is most of a merge's work.
         #[inline(always)]
         fn of(ranks: &Ranks, piece: &[u8], a: u16, b: u16) -> u32 {
             let part = piece
