@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use palisade_config::LimitConfig;
 
-use crate::limits::{Level, Name};
+use crate::limits::{Fill, Level, Name};
 
 /// Day (`2026-11-23`) or month (`2026-11`), UTC.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -205,7 +205,19 @@ impl Budgets {
         budgets: &[Budget],
         tokens: u64,
         cost: f64,
+        periods: (&Name, &Name),
+    ) -> Result<Option<BudgetCharge>, Exceeded> {
+        self.reserve_filling(budgets, tokens, cost, periods, Fill::Whole)
+    }
+
+    /// [`Budgets::reserve`], filling each budget up to `fill` of it.
+    pub fn reserve_filling(
+        &self,
+        budgets: &[Budget],
+        tokens: u64,
+        cost: f64,
         (day, month): (&Name, &Name),
+        fill: Fill,
     ) -> Result<Option<BudgetCharge>, Exceeded> {
         let budgets: Vec<&Budget> = budgets.iter().filter(|b| b.any()).collect();
         if budgets.is_empty() {
@@ -224,21 +236,19 @@ impl Budgets {
             let m = get(&spent, b, Period::Month(Name::clone(month)));
             let over_tokens = |s: Spent, limit: Option<u64>| {
                 limit.is_some_and(|x| {
-                    s.tokens.saturating_add(tokens_i) > i64::try_from(x).unwrap_or(i64::MAX)
+                    s.tokens.saturating_add(tokens_i)
+                        > i64::try_from(fill.of_tokens(x)).unwrap_or(i64::MAX)
                 })
+            };
+            let over_cost = |s: Spent, limit: Option<f64>| {
+                limit.is_some_and(|x| s.cost + cost > fill.of_cost(x))
             };
             let l = &b.limits;
             let over = [
                 ("daily_tokens", over_tokens(d, l.daily_tokens)),
                 ("monthly_tokens", over_tokens(m, l.monthly_tokens)),
-                (
-                    "daily_cost",
-                    l.daily_cost.is_some_and(|x| d.cost + cost > x),
-                ),
-                (
-                    "monthly_cost",
-                    l.monthly_cost.is_some_and(|x| m.cost + cost > x),
-                ),
+                ("daily_cost", over_cost(d, l.daily_cost)),
+                ("monthly_cost", over_cost(m, l.monthly_cost)),
             ];
             if let Some((which, _)) = over.iter().find(|(_, o)| *o) {
                 return Err(Exceeded {
@@ -384,6 +394,25 @@ mod tests {
                 ..LimitConfig::default()
             },
         }]
+    }
+
+    #[test]
+    fn a_bound_fills_a_budget_only_to_half() {
+        let b = Budgets::default();
+        let p = at("2026-11-23", "2026-11");
+        let p = on(&p);
+        let limits = budget(Some(1000), Some(1.0));
+        let half = |tokens, cost| b.reserve_filling(&limits, tokens, cost, p, Fill::Half);
+        assert_eq!(half(501, 0.0).unwrap_err().which, "daily_tokens");
+        assert_eq!(half(10, 0.51).unwrap_err().which, "monthly_cost");
+        let c = half(500, 0.5).unwrap().unwrap();
+        assert!(half(1, 0.0).is_err());
+        // The whole budget is still there for what was counted.
+        let whole = b.reserve(&limits, 500, 0.5, p).unwrap().unwrap();
+        assert!(b.reserve(&limits, 1, 0.0, p).is_err());
+        b.settle(&c, 0, 0.0);
+        b.settle(&whole, 0, 0.0);
+        assert!(half(500, 0.5).is_ok());
     }
 
     #[test]

@@ -90,6 +90,84 @@ pub struct Reservation {
     pub cost: f64,
 }
 
+/// What a request asks of token rates and budgets: its prompt, the
+/// completion it may ask for, and the model's price.
+///
+/// Counting a new prompt is most of what limits cost a request (about
+/// 3–7 µs per KiB), so it is counted only where the count can change an
+/// answer: a request first reserves [`Ask::bound`], which no count can
+/// exceed and which costs nothing to work out, and only if that would fill
+/// a token rate or budget past half ([`Fill::Half`]) is the prompt counted
+/// and the request admitted, or refused, on the count. Every refusal is
+/// decided on a count, and a limit past half holds only counted
+/// reservations from then on. An exchange that ends without a usage report
+/// is settled to the count, so it is charged what it would have been had
+/// it been counted at admission.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    /// The request's body as received: the prompt is its strings.
+    pub body: bytes::Bytes,
+    /// Counted with `o200k_base` (OpenAI-kind providers), else estimated
+    /// as one token per four bytes.
+    pub openai: bool,
+    /// The completion's tokens: `max_tokens`, or
+    /// [`DEFAULT_COMPLETION_RESERVE`].
+    pub completion: u64,
+    pub price: Option<palisade_config::Price>,
+}
+
+impl Ask {
+    /// At least [`Ask::count`]: a string is no longer decoded than written
+    /// in the body, and counts no more tokens than it has bytes.
+    pub fn bound(&self) -> Reservation {
+        self.with_prompt(self.body.len() as u64)
+    }
+
+    /// The prompt counted, plus the completion.
+    pub fn count(&self) -> Reservation {
+        self.with_prompt(crate::tokens::estimate_prompt(&self.body, self.openai))
+    }
+
+    fn with_prompt(&self, prompt: u64) -> Reservation {
+        Reservation {
+            tokens: prompt.saturating_add(self.completion),
+            cost: self.price.map_or(0.0, |p| p.cost(prompt, self.completion)),
+        }
+    }
+}
+
+/// How much of a token rate or budget an admission may fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// All of it: what is reserved was counted.
+    Whole,
+    /// Half of it: what is reserved is an upper bound ([`Ask::bound`]).
+    Half,
+}
+
+impl Fill {
+    pub fn of_tokens(self, limit: u64) -> u64 {
+        match self {
+            Self::Whole => limit,
+            Self::Half => limit / 2,
+        }
+    }
+
+    pub fn of_cost(self, limit: f64) -> f64 {
+        match self {
+            Self::Whole => limit,
+            Self::Half => limit / 2.0,
+        }
+    }
+
+    fn of_time(self, burst: Duration) -> Duration {
+        match self {
+            Self::Whole => burst,
+            Self::Half => burst / 2,
+        }
+    }
+}
+
 /// The state of the tightest rate after an admission, for the
 /// `x-ratelimit-*-requests` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +395,9 @@ pub struct Admission {
     pub charge: Option<TokenCharge>,
     /// Budgets reserved.
     pub budget: Option<BudgetCharge>,
+    /// Whether [`Ask::bound`] was reserved instead of the prompt's count:
+    /// without a usage report, the exchange settles to [`Ask::count`].
+    pub uncounted: bool,
 }
 
 /// What a [`Limiter`] counts.
@@ -403,9 +484,20 @@ impl Limiter {
         tokens: u64,
         now: Instant,
     ) -> Result<Admission, Refusal> {
+        self.admit_filling(limits, tokens, now, Fill::Whole)
+    }
+
+    /// [`Limiter::admit_with`], filling token rates up to `fill` of them.
+    pub fn admit_filling(
+        &self,
+        limits: &Applicable,
+        tokens: u64,
+        now: Instant,
+        fill: Fill,
+    ) -> Result<Admission, Refusal> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let c = &mut *counts;
-        let token_plan = check_tokens(&mut c.token_tat, limits, tokens, now)?;
+        let token_plan = check_tokens(&mut c.token_tat, limits, tokens, now, fill)?;
         for (level, who, limit) in &limits.concurrency {
             if c.in_flight[level.index()].get(who).copied().unwrap_or(0) >= *limit {
                 return Err(Refusal::Concurrency {
@@ -442,6 +534,7 @@ impl Limiter {
             },
             charge,
             budget: None,
+            uncounted: false,
         })
     }
 
@@ -513,6 +606,7 @@ fn check_tokens(
     limits: &Applicable,
     cost: u64,
     now: Instant,
+    fill: Fill,
 ) -> Result<Option<TokenPlan>, Refusal> {
     if limits.tokens.is_empty() {
         return Ok(None);
@@ -533,13 +627,14 @@ fn check_tokens(
             (burst.saturating_sub(current - now)).as_nanos() / interval.as_nanos().max(1),
         )
         .unwrap_or(u32::MAX);
-        if ahead > burst {
+        let room = fill.of_time(burst);
+        if ahead > room {
             let status = RateStatus {
                 limit: tpm,
                 remaining: remaining_now,
                 reset: current - now,
             };
-            let retry_after = (cost <= u64::from(tpm)).then(|| ahead - burst);
+            let retry_after = (cost <= fill.of_tokens(u64::from(tpm))).then(|| ahead - room);
             return Err(Refusal::Tokens {
                 level: *level,
                 retry_after,
@@ -698,17 +793,41 @@ impl Limits {
     }
 
     /// Admits a request reserving `ask` or says which limit or budget
-    /// refuses it; nothing is charged on a refusal. With Redis, one round
-    /// trip.
+    /// refuses it; nothing is charged on a refusal. In this process, the
+    /// prompt is counted only if its bound would fill a token rate or
+    /// budget past half ([`Ask`]); with Redis it is counted first, for one
+    /// round trip.
     pub async fn admit(
         &self,
         limits: &Applicable,
-        ask: Reservation,
+        ask: &Ask,
         audit: &crate::audit::Audit,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Admission, Refusal> {
         let Some(shared) = self.shared.as_ref().filter(|_| !limits.is_empty()) else {
-            return self.admit_locally(limits, ask, Mirror::None);
+            if !limits.counts_tokens() {
+                return self.admit_locally(
+                    limits,
+                    Reservation::default(),
+                    Mirror::None,
+                    Fill::Whole,
+                );
+            }
+            match self.admit_locally(limits, ask.bound(), Mirror::None, Fill::Half) {
+                Ok(mut admitted) => {
+                    admitted.uncounted = true;
+                    return Ok(admitted);
+                }
+                // Past half on the bound: the count decides.
+                Err(Refusal::Tokens { .. } | Refusal::Budget(_)) => {}
+                Err(refused) => return Err(refused),
+            }
+            return self.admit_locally(limits, ask.count(), Mirror::None, Fill::Whole);
+        };
+        let ask = if limits.counts_tokens() {
+            ask.count()
+        } else {
+            Reservation::default()
         };
         let member = format!(
             "{}-{}",
@@ -756,6 +875,7 @@ impl Limits {
                         shared: Some((Arc::clone(&shared.redis), a.token_keys)),
                     }),
                     budget,
+                    uncounted: false,
                 })
             }
             Err(e) => {
@@ -768,7 +888,7 @@ impl Limits {
                                 outcome: "counted_locally",
                             })
                             .inc();
-                        self.admit_locally(limits, ask, Mirror::Pending)
+                        self.admit_locally(limits, ask, Mirror::Pending, Fill::Whole)
                     }
                     OnUnavailable::Closed => {
                         metrics
@@ -782,28 +902,33 @@ impl Limits {
         }
     }
 
-    /// Budgets first, then rates, in this process; whichever refuses,
-    /// nothing stays charged.
+    /// Budgets first, then rates, in this process, filling token rates and
+    /// budgets up to `fill`; whichever refuses, nothing stays charged.
     fn admit_locally(
         &self,
         limits: &Applicable,
         ask: Reservation,
         mirror: Mirror,
+        fill: Fill,
     ) -> Result<Admission, Refusal> {
         let budget = if limits.budgets.iter().any(Budget::any) {
             let periods = crate::budgets::periods(palisade_store::unix_now());
             self.budgets
-                .reserve(
+                .reserve_filling(
                     &limits.budgets,
                     ask.tokens,
                     ask.cost,
                     (&periods.0, &periods.1),
+                    fill,
                 )
                 .map_err(Refusal::Budget)?
         } else {
             None
         };
-        match self.local.admit_with(limits, ask.tokens, Instant::now()) {
+        match self
+            .local
+            .admit_filling(limits, ask.tokens, Instant::now(), fill)
+        {
             Ok(mut admission) => {
                 admission.budget = budget.map(|mut c| {
                     if matches!(mirror, Mirror::Pending) {
@@ -1033,6 +1158,27 @@ mod tests {
     fn nothing_in_flight(l: &Limiter) -> bool {
         let counts = l.counts.lock().unwrap();
         counts.in_flight.iter().all(HashMap::is_empty)
+    }
+
+    #[test]
+    fn a_bound_fills_a_token_rate_only_to_half() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        let limits = Applicable {
+            tokens: vec![(Level::Key, "k".into(), 6000)],
+            ..Applicable::default()
+        };
+        assert!(l.admit_filling(&limits, 3001, t0, Fill::Half).is_err());
+        let a = l.admit_filling(&limits, 3000, t0, Fill::Half).unwrap();
+        assert_eq!(a.tokens.unwrap().remaining, 3000);
+        // Past half, only what fits the whole limit.
+        assert!(l.admit_filling(&limits, 1, t0, Fill::Half).is_err());
+        assert!(l.admit_with(&limits, 3001, t0).is_err());
+        assert!(l.admit_with(&limits, 3000, t0).is_ok());
+        // Settling gives back what the bound held over the count.
+        l.settle(a.charge.as_ref().unwrap(), 100);
+        let b = l.admit_with(&limits, 2900, t0).unwrap();
+        assert_eq!(b.tokens.unwrap().remaining, 0);
     }
 
     #[test]

@@ -185,24 +185,23 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
         principal.tenant(),
         principal.app(),
     );
-    let (ask, price) = if applicable.counts_tokens() {
-        let completion = match endpoint {
-            Endpoint::Embeddings => 0,
-            _ => asked.unwrap_or(crate::limits::DEFAULT_COMPLETION_RESERVE),
-        };
-        let prompt = crate::tokens::estimate_prompt(&body, openai);
-        let ask = crate::limits::Reservation {
-            tokens: prompt + completion,
-            cost: price.map_or(0.0, |p| p.cost(prompt, completion)),
-        };
-        (ask, price)
+    let ask = if applicable.counts_tokens() {
+        crate::limits::Ask {
+            body: body.clone(),
+            openai,
+            completion: match endpoint {
+                Endpoint::Embeddings => 0,
+                _ => asked.unwrap_or(crate::limits::DEFAULT_COMPLETION_RESERVE),
+            },
+            price,
+        }
     } else {
-        (crate::limits::Reservation::default(), None)
+        crate::limits::Ask::default()
     };
     // Budgets first, then rates; whichever refuses, nothing stays charged.
     let admission = state
         .limits()
-        .admit(&applicable, ask, state.audit(), state.metrics())
+        .admit(&applicable, &ask, state.audit(), state.metrics())
         .await
         .map_err(|refused| rate_refusal(refused, dialect))?;
     let (rate, token_rate) = (admission.requests, admission.tokens);
@@ -331,7 +330,8 @@ async fn forward(state: AppState, endpoint: Endpoint, req: Request) -> Result<Re
     let mut completion = Completion::new_limited(
         admission.slots,
         admission.charge,
-        admission.budget.map(|b| (b, price)),
+        admission.budget.map(|b| (b, ask.price)),
+        admission.uncounted.then_some(ask),
         state.clone(),
         Exchange {
             request_id: request_id.as_str().to_owned(),

@@ -101,6 +101,9 @@ pub struct Completion {
     charge: Option<crate::limits::TokenCharge>,
     /// Budgets reserved, and the model's price, settled likewise.
     budget: Option<(crate::budgets::BudgetCharge, Option<palisade_config::Price>)>,
+    /// What was asked, when its bound was reserved instead of its count:
+    /// without a usage report the exchange settles to the count.
+    uncounted: Option<crate::limits::Ask>,
     /// Attempts that failed before the provider now in `exchange`.
     failed_attempts: Option<serde_json::Value>,
 }
@@ -112,6 +115,7 @@ impl Completion {
         slots: crate::limits::Slots,
         charge: Option<crate::limits::TokenCharge>,
         budget: Option<(crate::budgets::BudgetCharge, Option<palisade_config::Price>)>,
+        uncounted: Option<crate::limits::Ask>,
         state: AppState,
         exchange: Exchange,
     ) -> Self {
@@ -119,6 +123,7 @@ impl Completion {
         c._slots = Some(slots);
         c.charge = charge;
         c.budget = budget;
+        c.uncounted = uncounted;
         c
     }
 
@@ -135,6 +140,7 @@ impl Completion {
             _slots: None,
             charge: None,
             budget: None,
+            uncounted: None,
             failed_attempts: None,
         }
     }
@@ -230,17 +236,27 @@ impl Completion {
                 .inc_by(u.completion_tokens);
         }
         // Tokens reserved at admission are settled against the usage the
-        // provider reported; without a report the reservation stands.
-        if let (Some(charge), Some(u)) = (self.charge.take(), usage.as_ref()) {
-            self.state
-                .limits()
-                .settle(&charge, u.prompt_tokens + u.completion_tokens);
+        // provider reported; without a report the reservation stands — the
+        // prompt's count, if its bound was reserved instead.
+        let spent = match (usage.as_ref(), self.uncounted.take()) {
+            (Some(u), _) => {
+                let price = self.budget.as_ref().and_then(|(_, price)| *price);
+                Some((
+                    u.prompt_tokens + u.completion_tokens,
+                    price.map_or(0.0, |p| p.cost(u.prompt_tokens, u.completion_tokens)),
+                ))
+            }
+            (None, Some(ask)) => {
+                let counted = ask.count();
+                Some((counted.tokens, counted.cost))
+            }
+            (None, None) => None,
+        };
+        if let (Some(charge), Some((tokens, _))) = (self.charge.take(), spent) {
+            self.state.limits().settle(&charge, tokens);
         }
-        if let (Some((charge, price)), Some(u)) = (self.budget.take(), usage.as_ref()) {
-            let cost = price.map_or(0.0, |p| p.cost(u.prompt_tokens, u.completion_tokens));
-            self.state
-                .limits()
-                .settle_budget(&charge, u.prompt_tokens + u.completion_tokens, cost);
+        if let (Some((charge, _)), Some((tokens, cost))) = (self.budget.take(), spent) {
+            self.state.limits().settle_budget(&charge, tokens, cost);
         }
         let usage = usage.unwrap_or_default();
         let error = match outcome {

@@ -834,6 +834,59 @@ mod tests {
         assert!(count(&"x".repeat(200_000)) >= 200_000 / 16);
     }
 
+    /// `limits::Ask::bound` reserves a body's length in place of its
+    /// prompt's count: no body, raw or escaped, counts more.
+    #[test]
+    fn no_body_counts_more_tokens_than_it_has_bytes() {
+        let alphabet: Vec<char> = "a Z9'\"\\\n\t\u{1}\u{7f}é\u{301}日🙂\u{a0}.?"
+            .chars()
+            .collect();
+        let mut next = xorshift(0x243f_6a88_85a3_08d3);
+        // The same text with every character written as a `\uXXXX` escape.
+        let escaped = |t: &str| {
+            let mut out = String::from("\"");
+            for unit in t.encode_utf16() {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+            out.push('"');
+            out
+        };
+        for _ in 0..2000 {
+            let texts: Vec<String> = (0..1 + next() % 4)
+                .map(|_| {
+                    (0..next() % 60)
+                        .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                        .collect()
+                })
+                .collect();
+            let raw = serde_json::to_vec(&serde_json::json!({
+                "model": "gpt-4o",
+                "messages": texts.iter().map(|t| serde_json::json!({"role": "user", "content": t})).collect::<Vec<_>>(),
+            }))
+            .unwrap();
+            let contents: Vec<String> = texts
+                .iter()
+                .map(|t| format!(r#"{{"role":"user","content":{}}}"#, escaped(t)))
+                .collect();
+            let escaped = format!(r#"{{"messages":[{}]}}"#, contents.join(","));
+            for body in [raw.as_slice(), escaped.as_bytes()] {
+                for openai in [true, false] {
+                    let n = estimate_prompt(body, openai);
+                    assert!(
+                        n <= body.len() as u64,
+                        "{n} for {:?}",
+                        String::from_utf8_lossy(body)
+                    );
+                }
+            }
+            // The escaped body says the same as the raw one.
+            assert_eq!(
+                estimate_prompt(escaped.as_bytes(), true),
+                estimate_prompt(&raw, true)
+            );
+        }
+    }
+
     #[test]
     fn prompts_count_every_string_but_the_structure() {
         let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}]}"#;

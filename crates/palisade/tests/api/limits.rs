@@ -510,3 +510,119 @@ async fn a_key_can_have_a_cost_budget_that_survives_a_restart() {
     assert_eq!(denied.len(), 2);
     assert!(denied.iter().all(|e| e["reason"] == "budget_exceeded_key"));
 }
+
+/// A chat request whose one message is `words` words of prose (about
+/// five bytes and one token each), asking for `max` completion tokens.
+pub(crate) fn prose(words: usize, max: u64) -> String {
+    let text: Vec<&str> = ["the", "quarterly", "review", "covered", "billing"]
+        .into_iter()
+        .cycle()
+        .take(words)
+        .collect();
+    format!(
+        r#"{{"model":"gpt-test","max_tokens":{max},"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        text.join(" ")
+    )
+}
+
+/// The prompt as the gateway counts it for an OpenAI-kind model.
+pub(crate) fn counted(body: &str) -> u64 {
+    palisade_server::tokens::estimate_prompt(body.as_bytes(), true)
+}
+
+#[tokio::test]
+async fn the_prompt_is_counted_only_where_the_count_decides() {
+    let app = spawn_app().await;
+    // Far from the limit, a request reserves its body's length in place of
+    // its prompt's count (no count can exceed it): exactly what
+    // x-ratelimit-remaining-tokens shows.
+    let roomy = key_with(
+        &app,
+        Scope {
+            tpm: Some(1_000_000),
+            ..Scope::default()
+        },
+    )
+    .await;
+    let body = prose(400, 100);
+    assert!(counted(&body) * 3 < body.len() as u64, "{}", counted(&body));
+    let r = chat_with(&app, &roomy, body.clone(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let remaining: u64 = r
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(remaining, 1_000_000 - body.len() as u64 - 100);
+
+    // Near it, the count decides: the body's length plus the completion
+    // would pass the limit, the count plus the completion fits.
+    let tight = key_with(
+        &app,
+        Scope {
+            tpm: Some(3000),
+            ..Scope::default()
+        },
+    )
+    .await;
+    let max = 3000 - counted(&prose(400, 0)) - 5;
+    let body = prose(400, max);
+    assert!(body.len() as u64 + max > 3000);
+    let r = chat_with(&app, &tight, body.clone(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let remaining: u64 = r
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        remaining,
+        3000 - counted(&body) - max,
+        "the count was reserved"
+    );
+    // And a refusal is the count's: one more than fits is refused.
+    let tight2 = key_with(
+        &app,
+        Scope {
+            tpm: Some(3000),
+            ..Scope::default()
+        },
+    )
+    .await;
+    let over = prose(400, 3000 - counted(&prose(400, 0)) + 1);
+    let r = chat_with(&app, &tight2, over, &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("whole limit"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn an_exchange_without_usage_is_charged_its_count_not_its_bound() {
+    let app = spawn_app().await;
+    let key = key_with(
+        &app,
+        Scope {
+            daily_tokens: Some(100_000),
+            ..Scope::default()
+        },
+    )
+    .await;
+    // Far from the budget: the bound is reserved. The provider fails, so
+    // no usage comes back; what stands is the count plus the completion.
+    let failed = prose(400, 100);
+    let r = chat_with(&app, &key, failed.clone(), &[("x-mock-status", "503")]).await;
+    assert!(r.status.is_server_error(), "{}", r.text());
+    let spent = counted(&failed) + 100;
+    assert!(
+        (failed.len() as u64 + 100) - spent > 1000,
+        "the bound is well above the count"
+    );
+    // Exactly what is left fits (counted, being past half); one more does
+    // not. Had the bound stood, neither would.
+    let hi = counted(&ask(false, 0));
+    let left = 100_000 - spent - hi;
+    let r = chat_with(&app, &key, ask(false, (left + 1) as u32), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    let r = chat_with(&app, &key, ask(false, left as u32), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

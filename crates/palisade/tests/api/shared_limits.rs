@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::binary::{BIN, palisade, stderr, stdout, terminate, wait_ready, write_config};
 use crate::helpers::*;
-use crate::limits::{acme, ask};
+use crate::limits::{acme, ask, counted, prose};
 
 const CHAT: &str = r#"{"model":"gpt-test","messages":[]}"#;
 
@@ -182,6 +182,30 @@ async fn two_gateways_share_request_rates_tokens_and_concurrency() {
         .unwrap();
     assert!(left < 1000, "{left}");
     assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("3000"));
+}
+
+/// With Redis the prompt is counted before the one round trip (in one
+/// process, a request far from its limits reserves its body's length
+/// instead, see `limits::the_prompt_is_counted_only_where_the_count_decides`).
+#[tokio::test]
+async fn shared_token_rates_reserve_the_prompts_count() {
+    let Some(url) = redis_url("shared_token_rates_reserve_the_prompts_count") else {
+        return;
+    };
+    let tpm = LimitConfig {
+        tpm: Some(1_000_000),
+        ..LimitConfig::default()
+    };
+    let app = gateway(shared(&url, &fresh_prefix(), OnUnavailable::Closed), tpm).await;
+    let body = prose(400, 100);
+    let r = chat(&app, &body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let remaining: u64 = r
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(remaining, 1_000_000 - counted(&body) - 100);
 }
 
 #[tokio::test]
