@@ -530,65 +530,56 @@ pub(crate) fn counted(body: &str) -> u64 {
     palisade_server::tokens::estimate_prompt(body.as_bytes(), true)
 }
 
+/// `x-ratelimit-remaining-tokens`.
+pub(crate) fn remaining_tokens(r: &Reply) -> u64 {
+    r.header("x-ratelimit-remaining-tokens")
+        .expect("x-ratelimit-remaining-tokens")
+        .parse()
+        .unwrap()
+}
+
+/// A key of tenant `acme` with a token rate of its own.
+async fn key_with_tpm(app: &TestApp, tpm: u32) -> String {
+    key_with(
+        app,
+        Scope {
+            tpm: Some(tpm),
+            ..Scope::default()
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn the_prompt_is_counted_only_where_the_count_decides() {
     let app = spawn_app().await;
     // Far from the limit, a request reserves its body's length in place of
     // its prompt's count (no count can exceed it): exactly what
     // x-ratelimit-remaining-tokens shows.
-    let roomy = key_with(
-        &app,
-        Scope {
-            tpm: Some(1_000_000),
-            ..Scope::default()
-        },
-    )
-    .await;
+    let roomy = key_with_tpm(&app, 1_000_000).await;
     let body = prose(400, 100);
     assert!(counted(&body) * 3 < body.len() as u64, "{}", counted(&body));
     let r = chat_with(&app, &roomy, body.clone(), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let remaining: u64 = r
-        .header("x-ratelimit-remaining-tokens")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = remaining_tokens(&r);
     assert_eq!(remaining, 1_000_000 - body.len() as u64 - 100);
 
     // Near it, the count decides: the body's length plus the completion
     // would pass the limit, the count plus the completion fits.
-    let tight = key_with(
-        &app,
-        Scope {
-            tpm: Some(3000),
-            ..Scope::default()
-        },
-    )
-    .await;
+    let tight = key_with_tpm(&app, 3000).await;
     let max = 3000 - counted(&prose(400, 0)) - 5;
     let body = prose(400, max);
     assert!(body.len() as u64 + max > 3000);
     let r = chat_with(&app, &tight, body.clone(), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let remaining: u64 = r
-        .header("x-ratelimit-remaining-tokens")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = remaining_tokens(&r);
     assert_eq!(
         remaining,
         3000 - counted(&body) - max,
         "the count was reserved"
     );
     // And a refusal is the count's: one more than fits is refused.
-    let tight2 = key_with(
-        &app,
-        Scope {
-            tpm: Some(3000),
-            ..Scope::default()
-        },
-    )
-    .await;
+    let tight2 = key_with_tpm(&app, 3000).await;
     let over = prose(400, 3000 - counted(&prose(400, 0)) + 1);
     let r = chat_with(&app, &tight2, over, &[]).await;
     assert_eq!(r.status, 429, "{}", r.text());
