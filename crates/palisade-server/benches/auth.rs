@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
 /// Admission against a key's, an app's and a tenant's request rate and
 /// concurrency (the slots given back each time). Target: at most 2 µs.
 fn admission(c: &mut Criterion) {
-    use palisade_server::limits::{Applicable, Level, Limiter};
+    use palisade_server::limits::{Applicable, Fill, Level, Limiter};
     let limiter = Limiter::default();
     let limits = Applicable {
         rates: vec![
@@ -89,7 +89,7 @@ fn admission(c: &mut Criterion) {
     c.bench_function("admit: the same and two token rates, settled", |b| {
         b.iter(|| {
             let a = limiter
-                .admit_with(&with_tokens, 1_500, std::time::Instant::now())
+                .admit_with(&with_tokens, 1_500, std::time::Instant::now(), Fill::Whole)
                 .unwrap();
             // All of it given back: at tens of millions of iterations a
             // partial refund would use up even a limit of u32::MAX a

@@ -205,17 +205,6 @@ impl Budgets {
         budgets: &[Budget],
         tokens: u64,
         cost: f64,
-        periods: (&Name, &Name),
-    ) -> Result<Option<BudgetCharge>, Exceeded> {
-        self.reserve_filling(budgets, tokens, cost, periods, Fill::Whole)
-    }
-
-    /// [`Budgets::reserve`], filling each budget up to `fill` of it.
-    pub fn reserve_filling(
-        &self,
-        budgets: &[Budget],
-        tokens: u64,
-        cost: f64,
         (day, month): (&Name, &Name),
         fill: Fill,
     ) -> Result<Option<BudgetCharge>, Exceeded> {
@@ -402,14 +391,17 @@ mod tests {
         let p = at("2026-11-23", "2026-11");
         let p = on(&p);
         let limits = budget(Some(1000), Some(1.0));
-        let half = |tokens, cost| b.reserve_filling(&limits, tokens, cost, p, Fill::Half);
+        let half = |tokens, cost| b.reserve(&limits, tokens, cost, p, Fill::Half);
         assert_eq!(half(501, 0.0).unwrap_err().which, "daily_tokens");
         assert_eq!(half(10, 0.51).unwrap_err().which, "monthly_cost");
         let c = half(500, 0.5).unwrap().unwrap();
         assert!(half(1, 0.0).is_err());
         // The whole budget is still there for what was counted.
-        let whole = b.reserve(&limits, 500, 0.5, p).unwrap().unwrap();
-        assert!(b.reserve(&limits, 1, 0.0, p).is_err());
+        let whole = b
+            .reserve(&limits, 500, 0.5, p, Fill::Whole)
+            .unwrap()
+            .unwrap();
+        assert!(b.reserve(&limits, 1, 0.0, p, Fill::Whole).is_err());
         b.settle(&c, 0, 0.0);
         b.settle(&whole, 0, 0.0);
         assert!(half(500, 0.5).is_ok());
@@ -421,21 +413,35 @@ mod tests {
         let p = at("2026-11-23", "2026-11");
         let p = on(&p);
         let limits = budget(Some(1000), None);
-        let c = b.reserve(&limits, 600, 0.0, p).unwrap().unwrap();
-        assert!(b.reserve(&limits, 401, 0.0, p).is_err());
+        let c = b
+            .reserve(&limits, 600, 0.0, p, Fill::Whole)
+            .unwrap()
+            .unwrap();
+        assert!(b.reserve(&limits, 401, 0.0, p, Fill::Whole).is_err());
         b.settle(&c, 100, 0.0);
         // 100 spent: exactly 900 more fit, 901 do not.
-        assert!(b.reserve(&limits, 901, 0.0, p).is_err());
-        let full = b.reserve(&limits, 900, 0.0, p).unwrap().unwrap();
+        assert!(b.reserve(&limits, 901, 0.0, p, Fill::Whole).is_err());
+        let full = b
+            .reserve(&limits, 900, 0.0, p, Fill::Whole)
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            b.reserve(&limits, 1, 0.0, p).unwrap_err().which,
+            b.reserve(&limits, 1, 0.0, p, Fill::Whole)
+                .unwrap_err()
+                .which,
             "daily_tokens"
         );
         b.settle(&full, 0, 0.0);
         // A new day starts empty.
         assert!(
-            b.reserve(&limits, 1000, 0.0, on(&at("2026-11-24", "2026-11")))
-                .is_ok()
+            b.reserve(
+                &limits,
+                1000,
+                0.0,
+                on(&at("2026-11-24", "2026-11")),
+                Fill::Whole
+            )
+            .is_ok()
         );
     }
 
@@ -463,15 +469,27 @@ mod tests {
         b.load(&rows, "2026-11", "2026-11-23");
         let limits = budget(None, Some(10.0));
         let e = b
-            .reserve(&limits, 10, 0.6, on(&at("2026-11-23", "2026-11")))
+            .reserve(
+                &limits,
+                10,
+                0.6,
+                on(&at("2026-11-23", "2026-11")),
+                Fill::Whole,
+            )
             .unwrap_err();
         assert_eq!(
             (e.which, e.reason()),
             ("monthly_cost", "budget_exceeded_tenant")
         );
         assert!(
-            b.reserve(&limits, 10, 0.4, on(&at("2026-11-23", "2026-11")))
-                .is_ok()
+            b.reserve(
+                &limits,
+                10,
+                0.4,
+                on(&at("2026-11-23", "2026-11")),
+                Fill::Whole
+            )
+            .is_ok()
         );
     }
 
@@ -485,7 +503,7 @@ mod tests {
         // past this gateway's own view of the limit.
         let c = b.charge(&limits, 150, 0.5, p);
         assert_eq!(c.keys().len(), 2, "the day and the month");
-        assert!(b.reserve(&limits, 1, 0.0, p).is_err());
+        assert!(b.reserve(&limits, 1, 0.0, p, Fill::Whole).is_err());
         let delta = b.settle(&c, 40, 0.125);
         assert_eq!(delta.tokens, -110);
         assert!((delta.cost + 0.375).abs() < 1e-12);
@@ -529,8 +547,14 @@ mod tests {
                 std::thread::spawn(move || {
                     (0..500)
                         .filter(|_| {
-                            b.reserve(&limits, 3, 0.0, on(&at("2026-11-23", "2026-11")))
-                                .is_ok()
+                            b.reserve(
+                                &limits,
+                                3,
+                                0.0,
+                                on(&at("2026-11-23", "2026-11")),
+                                Fill::Whole,
+                            )
+                            .is_ok()
                         })
                         .count()
                 })

@@ -475,20 +475,11 @@ type TokenPlan = (RateStatus, Vec<((Level, Name), Instant)>, TokenCharge);
 
 impl Limiter {
     /// Admits a request costing `tokens` (its prompt estimate plus the
-    /// completion it may ask for) at `now`, or says which limit refuses
-    /// it: token rates, then concurrency, then request rates, every level
-    /// checked before any is charged. Nothing is charged on a refusal.
+    /// completion it may ask for) at `now`, filling token rates up to
+    /// `fill` of them, or says which limit refuses it: token rates, then
+    /// concurrency, then request rates, every level checked before any is
+    /// charged. Nothing is charged on a refusal.
     pub fn admit_with(
-        &self,
-        limits: &Applicable,
-        tokens: u64,
-        now: Instant,
-    ) -> Result<Admission, Refusal> {
-        self.admit_filling(limits, tokens, now, Fill::Whole)
-    }
-
-    /// [`Limiter::admit_with`], filling token rates up to `fill` of them.
-    pub fn admit_filling(
         &self,
         limits: &Applicable,
         tokens: u64,
@@ -544,7 +535,7 @@ impl Limiter {
         limits: &Applicable,
         now: Instant,
     ) -> Result<(Option<RateStatus>, Slots), Refusal> {
-        self.admit_with(limits, 0, now)
+        self.admit_with(limits, 0, now, Fill::Whole)
             .map(|a| (a.requests, a.slots))
     }
 
@@ -805,24 +796,7 @@ impl Limits {
         metrics: &crate::metrics::Metrics,
     ) -> Result<Admission, Refusal> {
         let Some(shared) = self.shared.as_ref().filter(|_| !limits.is_empty()) else {
-            if !limits.counts_tokens() {
-                return self.admit_locally(
-                    limits,
-                    Reservation::default(),
-                    Mirror::None,
-                    Fill::Whole,
-                );
-            }
-            match self.admit_locally(limits, ask.bound(), Mirror::None, Fill::Half) {
-                Ok(mut admitted) => {
-                    admitted.uncounted = true;
-                    return Ok(admitted);
-                }
-                // Past half on the bound: the count decides.
-                Err(Refusal::Tokens { .. } | Refusal::Budget(_)) => {}
-                Err(refused) => return Err(refused),
-            }
-            return self.admit_locally(limits, ask.count(), Mirror::None, Fill::Whole);
+            return self.admit_here(limits, ask);
         };
         let ask = if limits.counts_tokens() {
             ask.count()
@@ -902,6 +876,25 @@ impl Limits {
         }
     }
 
+    /// In this process only: on the prompt's bound while that leaves every
+    /// token rate and budget half free, else on its count.
+    fn admit_here(&self, limits: &Applicable, ask: &Ask) -> Result<Admission, Refusal> {
+        if !limits.counts_tokens() {
+            return self.admit_locally(limits, Reservation::default(), Mirror::None, Fill::Whole);
+        }
+        match self.admit_locally(limits, ask.bound(), Mirror::None, Fill::Half) {
+            Ok(admitted) => Ok(Admission {
+                uncounted: true,
+                ..admitted
+            }),
+            // Past half on the bound: the count decides.
+            Err(Refusal::Tokens { .. } | Refusal::Budget(_)) => {
+                self.admit_locally(limits, ask.count(), Mirror::None, Fill::Whole)
+            }
+            Err(refused) => Err(refused),
+        }
+    }
+
     /// Budgets first, then rates, in this process, filling token rates and
     /// budgets up to `fill`; whichever refuses, nothing stays charged.
     fn admit_locally(
@@ -914,7 +907,7 @@ impl Limits {
         let budget = if limits.budgets.iter().any(Budget::any) {
             let periods = crate::budgets::periods(palisade_store::unix_now());
             self.budgets
-                .reserve_filling(
+                .reserve(
                     &limits.budgets,
                     ask.tokens,
                     ask.cost,
@@ -927,7 +920,7 @@ impl Limits {
         };
         match self
             .local
-            .admit_filling(limits, ask.tokens, Instant::now(), fill)
+            .admit_with(limits, ask.tokens, Instant::now(), fill)
         {
             Ok(mut admission) => {
                 admission.budget = budget.map(|mut c| {
@@ -1155,6 +1148,13 @@ mod tests {
         }
     }
 
+    fn token_rate(who: &str, tpm: u32) -> Applicable {
+        Applicable {
+            tokens: vec![(Level::Key, who.into(), tpm)],
+            ..Applicable::default()
+        }
+    }
+
     fn nothing_in_flight(l: &Limiter) -> bool {
         let counts = l.counts.lock().unwrap();
         counts.in_flight.iter().all(HashMap::is_empty)
@@ -1164,20 +1164,17 @@ mod tests {
     fn a_bound_fills_a_token_rate_only_to_half() {
         let l = Limiter::default();
         let t0 = Instant::now();
-        let limits = Applicable {
-            tokens: vec![(Level::Key, "k".into(), 6000)],
-            ..Applicable::default()
-        };
-        assert!(l.admit_filling(&limits, 3001, t0, Fill::Half).is_err());
-        let a = l.admit_filling(&limits, 3000, t0, Fill::Half).unwrap();
+        let limits = token_rate("k", 6000);
+        assert!(l.admit_with(&limits, 3001, t0, Fill::Half).is_err());
+        let a = l.admit_with(&limits, 3000, t0, Fill::Half).unwrap();
         assert_eq!(a.tokens.unwrap().remaining, 3000);
         // Past half, only what fits the whole limit.
-        assert!(l.admit_filling(&limits, 1, t0, Fill::Half).is_err());
-        assert!(l.admit_with(&limits, 3001, t0).is_err());
-        assert!(l.admit_with(&limits, 3000, t0).is_ok());
+        assert!(l.admit_with(&limits, 1, t0, Fill::Half).is_err());
+        assert!(l.admit_with(&limits, 3001, t0, Fill::Whole).is_err());
+        assert!(l.admit_with(&limits, 3000, t0, Fill::Whole).is_ok());
         // Settling gives back what the bound held over the count.
         l.settle(a.charge.as_ref().unwrap(), 100);
-        let b = l.admit_with(&limits, 2900, t0).unwrap();
+        let b = l.admit_with(&limits, 2900, t0, Fill::Whole).unwrap();
         assert_eq!(b.tokens.unwrap().remaining, 0);
     }
 
@@ -1185,23 +1182,22 @@ mod tests {
     fn token_rates_reserve_then_settle() {
         let l = Limiter::default();
         let t0 = Instant::now();
-        let limits = Applicable {
-            tokens: vec![(Level::Key, "k".into(), 6000)],
-            ..Applicable::default()
-        };
+        let limits = token_rate("k", 6000);
         // 5000 reserved: 1000 left.
-        let a = l.admit_with(&limits, 5000, t0).unwrap();
+        let a = l.admit_with(&limits, 5000, t0, Fill::Whole).unwrap();
         assert_eq!(a.tokens.unwrap().remaining, 1000);
-        let Err(Refusal::Tokens { retry_after, .. }) = l.admit_with(&limits, 2000, t0) else {
+        let Err(Refusal::Tokens { retry_after, .. }) = l.admit_with(&limits, 2000, t0, Fill::Whole)
+        else {
             panic!("2000 more must wait");
         };
         assert_eq!(retry_after, Some(Duration::from_secs(10)));
         // The request used only 500: 4500 come back.
         l.settle(a.charge.as_ref().unwrap(), 500);
-        let b = l.admit_with(&limits, 2000, t0).unwrap();
+        let b = l.admit_with(&limits, 2000, t0, Fill::Whole).unwrap();
         assert_eq!(b.tokens.unwrap().remaining, 3500);
         // More than the whole limit can never pass.
-        let Err(Refusal::Tokens { retry_after, .. }) = l.admit_with(&limits, 7000, t0) else {
+        let Err(Refusal::Tokens { retry_after, .. }) = l.admit_with(&limits, 7000, t0, Fill::Whole)
+        else {
             panic!("too large");
         };
         assert_eq!(retry_after, None);
@@ -1211,8 +1207,8 @@ mod tests {
             tokens: vec![(Level::Key, "k".into(), 6000)],
             ..Applicable::default()
         };
-        assert!(l.admit_with(&both, 99_999, t0).is_err());
-        assert!(l.admit_with(&both, 1, t0).is_ok());
+        assert!(l.admit_with(&both, 99_999, t0, Fill::Whole).is_err());
+        assert!(l.admit_with(&both, 1, t0, Fill::Whole).is_ok());
     }
 
     #[test]
@@ -1323,7 +1319,7 @@ mod tests {
                 let (l, limits) = (Arc::clone(&l), limits.clone());
                 std::thread::spawn(move || {
                     (0..100)
-                        .filter(|_| l.admit_with(&limits, 100, t0).is_ok())
+                        .filter(|_| l.admit_with(&limits, 100, t0, Fill::Whole).is_ok())
                         .count()
                 })
             })
